@@ -1,0 +1,28 @@
+"""User-facing errors: the one exception family the CLI reports as a single clear line.
+
+Anything raised as a :class:`FieldsegError` is a problem with the user's input or environment
+(a missing file, a raster without a CRS, a bad option); anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class FieldsegError(Exception):
+    """Base class of every error that is the user's to fix."""
+
+
+class InputFileError(FieldsegError):
+    """An input file is missing, unreadable, corrupt or unsuitable."""
+
+
+class CRSError(FieldsegError):
+    """A dataset has no CRS, or datasets that must share one do not."""
+
+
+class OutputExistsError(FieldsegError):
+    """The output exists and ``overwrite`` was not asked for."""
+
+
+class ConfigError(FieldsegError):
+    """An option or configuration value is invalid."""

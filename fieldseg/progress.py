@@ -1,0 +1,28 @@
+"""Progress bars for long work, silenced by ``--quiet`` and absent when stderr is not a terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+_enabled: bool | None = None  # None: let tqdm decide (shown only on a terminal)
+
+
+def set_progress_enabled(enabled: bool | None) -> None:
+    """Force progress bars on (True), off (False), or leave it to the terminal (None)."""
+    global _enabled
+    _enabled = enabled
+
+
+def progress(
+    iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
+) -> Iterator[T]:
+    """Wrap ``iterable`` in a progress bar on stderr with rate and ETA."""
+    disable = None if _enabled is None else not _enabled
+    yield from tqdm(
+        iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True
+    )

@@ -1,0 +1,231 @@
+"""Raster input and output: opening scenes with clear errors, windowed reads, GeoTIFF writing.
+
+All of fieldseg reads rasters through :func:`open_raster` so that a missing, corrupt or
+non-georeferenced file is reported the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from fieldseg.errors import CRSError, InputFileError
+
+#: GeoTIFF creation options for chips and scenes: internally tiled and compressed.
+GEOTIFF_PROFILE: dict[str, Any] = {
+    "driver": "GTiff",
+    "tiled": True,
+    "blockxsize": 256,
+    "blockysize": 256,
+    "compress": "deflate",
+    "interleave": "pixel",
+}
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What fieldseg needs to know about a scene before reading its pixels."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS
+    transform: Affine
+    nodata: float | None
+    band_names: tuple[str, ...]
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """Pixel width and height in CRS units (both positive)."""
+        return abs(self.transform.a), abs(self.transform.e)
+
+
+def default_band_names(count: int) -> tuple[str, ...]:
+    """Names used for bands that carry no description: ``band_1``, ``band_2``, ..."""
+    return tuple(f"band_{i}" for i in range(1, count + 1))
+
+
+@contextlib.contextmanager
+def open_raster(path: str | os.PathLike[str]) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster for reading, turning GDAL's failures into one clear :class:`InputFileError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"raster not found: {path}")
+    if path.is_dir():
+        raise InputFileError(f"expected a raster file, got a directory: {path}")
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputFileError(f"cannot read raster {path}: {_first_line(exc)}") from exc
+    try:
+        yield src
+    finally:
+        src.close()
+
+
+def raster_info(src: rasterio.io.DatasetReader, *, require_crs: bool = True) -> RasterInfo:
+    """Describe an open raster, checking that it is usable as a scene.
+
+    Raises:
+        CRSError: the raster has no CRS (and ``require_crs``).
+        InputFileError: bands of different data types or nodata values.
+    """
+    path = Path(src.name)
+    if require_crs and src.crs is None:
+        raise CRSError(
+            f"raster {path} has no CRS; assign one first (e.g. gdal_edit.py -a_srs EPSG:32633)"
+        )
+    if len(set(src.dtypes)) > 1:
+        raise InputFileError(f"raster {path} mixes band data types {sorted(set(src.dtypes))}")
+    nodatas = {_nodata_key(v) for v in src.nodatavals}
+    if len(nodatas) > 1:
+        raise InputFileError(f"raster {path} has different nodata values per band: {nodatas}")
+    names = tuple(
+        desc if desc else default
+        for desc, default in zip(src.descriptions, default_band_names(src.count), strict=True)
+    )
+    return RasterInfo(
+        path=path,
+        width=src.width,
+        height=src.height,
+        count=src.count,
+        dtype=src.dtypes[0],
+        crs=src.crs,
+        transform=src.transform,
+        nodata=src.nodata,
+        band_names=names,
+    )
+
+
+def read_raster_info(path: str | os.PathLike[str], *, require_crs: bool = True) -> RasterInfo:
+    """Open ``path`` just long enough to describe it (see :func:`raster_info`)."""
+    with open_raster(path) as src:
+        return raster_info(src, require_crs=require_crs)
+
+
+def read_window(
+    src: rasterio.io.DatasetReader, window: Window, *, fill_value: float | None
+) -> np.ndarray:
+    """Read all bands of ``window``, padding any part outside the raster with ``fill_value``.
+
+    Raises:
+        InputFileError: the file is truncated or corrupt where the window lies.
+    """
+    inside = (
+        window.col_off >= 0
+        and window.row_off >= 0
+        and window.col_off + window.width <= src.width
+        and window.row_off + window.height <= src.height
+    )
+    try:
+        if inside:
+            return src.read(window=window)
+        return src.read(window=window, boundless=True, fill_value=fill_value or 0)
+    except RasterioIOError as exc:
+        raise InputFileError(f"cannot read {src.name} at {window}: {_first_line(exc)}") from exc
+
+
+def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Return a 2-D boolean mask that is True where a pixel is nodata.
+
+    The rule, used everywhere: a pixel is nodata when ANY band equals the nodata value (or is
+    NaN for float data), since a model cannot use a pixel with a missing band or date.
+    """
+    invalid = np.zeros(data.shape[-2:], dtype=bool)
+    if np.issubdtype(data.dtype, np.floating):
+        invalid |= np.isnan(data).any(axis=0)
+    if nodata is not None and not np.isnan(nodata):
+        invalid |= (data == np.asarray(nodata).astype(data.dtype)).any(axis=0)
+    return invalid
+
+
+def write_geotiff(
+    path: str | os.PathLike[str],
+    data: np.ndarray,
+    *,
+    transform: Affine,
+    crs: CRS | None,
+    nodata: float | None = None,
+    band_names: Sequence[str] | None = None,
+    compress: str = "deflate",
+    tiled: bool = True,
+) -> None:
+    """Write a (bands, rows, cols) array as a georeferenced, compressed GeoTIFF."""
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    count, height, width = data.shape
+    profile = dict(GEOTIFF_PROFILE)
+    profile.update(
+        width=width,
+        height=height,
+        count=count,
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        compress=compress,
+    )
+    if compress.lower() in ("none", ""):
+        profile.pop("compress")
+    if not tiled or width < 16 or height < 16:
+        profile.update(tiled=False)
+        profile.pop("blockxsize")
+        profile.pop("blockysize")
+    else:
+        profile.update(blockxsize=_block(width), blockysize=_block(height))
+    if count > 1 and compress.lower() in ("deflate", "zstd", "lzw"):
+        profile["predictor"] = 2 if np.issubdtype(data.dtype, np.integer) else 3
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if band_names is not None:
+            for index, name in enumerate(band_names, start=1):
+                dst.set_band_description(index, name)
+
+
+def crs_to_json(crs: CRS) -> dict[str, Any]:
+    """CRS encoding of docs/formats.md: WKT always, plus the EPSG code when there is one."""
+    return {"wkt": crs.to_wkt(), "epsg": crs.to_epsg()}
+
+
+def crs_from_json(value: dict[str, Any]) -> CRS:
+    """Inverse of :func:`crs_to_json`; the WKT is authoritative."""
+    return CRS.from_wkt(value["wkt"])
+
+
+def transform_to_json(transform: Affine) -> list[float]:
+    """Affine coefficients (a, b, c, d, e, f) as rasterio orders them."""
+    return [float(v) for v in transform[:6]]
+
+
+def transform_from_json(values: Sequence[float]) -> Affine:
+    """Inverse of :func:`transform_to_json`."""
+    return Affine(*values[:6])
+
+
+def _block(size: int) -> int:
+    """Largest GeoTIFF block (multiple of 16, at most 256) that fits ``size``."""
+    return max(16, min(256, size // 16 * 16))
+
+
+def _nodata_key(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    return "nan" if np.isnan(value) else float(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

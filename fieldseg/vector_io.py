@@ -1,0 +1,92 @@
+"""Vector input and output: any OGR-readable file in, GeoPackage/GeoParquet/FlatGeobuf/GeoJSON out.
+
+Reads go through :func:`read_vector` so that missing files, corrupt files and files without a CRS
+are reported the same way everywhere; writes are atomic (see :mod:`fieldseg.atomic_output`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import geopandas as gpd
+from pyproj import CRS as ProjCRS
+
+from fieldseg.atomic_output import atomic_file
+from fieldseg.errors import ConfigError, CRSError, InputFileError
+
+#: Output formats by file extension, with the OGR driver used to write them.
+VECTOR_DRIVERS: dict[str, str] = {
+    ".gpkg": "GPKG",
+    ".fgb": "FlatGeobuf",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+}
+
+
+def read_vector(
+    path: str | os.PathLike[str], *, layer: str | None = None, require_crs: bool = True
+) -> gpd.GeoDataFrame:
+    """Read a vector file (GPKG, GeoJSON, shapefile, GeoParquet, ...) into a GeoDataFrame.
+
+    Raises:
+        InputFileError: missing or unreadable file, or no geometry column.
+        CRSError: the file declares no CRS (and ``require_crs``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"vector file not found: {path}")
+    try:
+        if path.suffix.lower() in (".parquet", ".geoparquet"):
+            frame = gpd.read_parquet(path)
+        else:
+            frame = gpd.read_file(path, layer=layer, engine="pyogrio")
+    except Exception as exc:  # pyogrio, pyarrow and fiona raise many unrelated types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputFileError(f"cannot read vector file {path}: {first}") from exc
+    if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry is None:
+        raise InputFileError(f"vector file {path} has no geometry column")
+    if require_crs and frame.crs is None:
+        raise CRSError(
+            f"vector file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 ...)"
+        )
+    return frame
+
+
+def read_area_of_interest(path: str | os.PathLike[str], crs: ProjCRS | str | object) -> object:
+    """Read an AOI file as one (multi)polygon in ``crs``: the union of its valid geometries."""
+    frame = read_vector(path)
+    frame = frame[~frame.geometry.is_empty & frame.geometry.notna()]
+    if frame.empty:
+        raise InputFileError(f"area of interest {path} holds no geometry")
+    geometry = frame.to_crs(crs).geometry.make_valid().union_all()
+    if geometry.is_empty or geometry.area == 0:
+        raise InputFileError(f"area of interest {path} has no area")
+    return geometry
+
+
+def write_vector(
+    frame: gpd.GeoDataFrame,
+    path: str | os.PathLike[str],
+    *,
+    layer: str = "fields",
+    overwrite: bool = False,
+) -> Path:
+    """Write ``frame`` atomically, choosing the format from the extension.
+
+    ``.gpkg`` (with a spatial index), ``.parquet`` (GeoParquet), ``.fgb`` or ``.geojson``;
+    shapefiles are not written since they are several files that cannot be replaced at once.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VECTOR_DRIVERS and suffix != ".parquet":
+        known = ", ".join([*VECTOR_DRIVERS, ".parquet"])
+        raise ConfigError(f"cannot tell the vector format of {path}; use one of {known}")
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        if suffix == ".parquet":
+            frame.to_parquet(tmp)
+        elif suffix == ".gpkg":
+            frame.to_file(tmp, driver="GPKG", layer=layer, engine="pyogrio", SPATIAL_INDEX="YES")
+        else:
+            frame.to_file(tmp, driver=VECTOR_DRIVERS[suffix], engine="pyogrio")
+    return path
