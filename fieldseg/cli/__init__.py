@@ -53,7 +53,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 @click.option("-v", "--verbose", count=True, help="Show debugging detail.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
 def main(verbose: int, quiet: bool) -> None:
-    """Find every agricultural field in satellite imagery as its own polygon.
+    r"""Find every agricultural field in satellite imagery as its own polygon.
 
     \b
     fieldseg synth   generate a labelled synthetic scene (tests, demos, benchmarks)

@@ -1,0 +1,197 @@
+"""Field labels: read any OGR vector file, repair it, and make the fields a clean partition.
+
+Users' label files are messy: invalid rings, empty rows, points mixed with polygons, fields
+drawn over each other. :func:`load_field_labels` fixes what can be fixed, says how much it
+fixed, and refuses what cannot be used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from fieldseg.errors import ConfigError, InputFileError
+from fieldseg.vector_io import read_vector
+
+logger = logging.getLogger(__name__)
+
+#: Accepted spellings in a ``--split-column``, mapped to fieldseg's split names.
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+DEFAULT_CATEGORY = "field"
+
+
+@dataclass
+class FieldLabels:
+    """Clean field polygons and what was done to get them.
+
+    ``fields`` has the columns ``field_id`` (1-based row number in the input file, stable across
+    runs), ``category`` (a name), ``split`` (only with a split column) and ``geometry``.
+    """
+
+    fields: gpd.GeoDataFrame
+    categories: list[str]
+    n_read: int = 0
+    n_repaired: int = 0
+    n_dropped_empty: int = 0
+    n_overlapping_pairs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line on how the labels were cleaned."""
+        return (
+            f"labels: {len(self.fields)} fields kept of {self.n_read} read; "
+            f"{self.n_repaired} invalid geometries repaired, {self.n_dropped_empty} empty or "
+            f"non-polygon dropped, {self.n_overlapping_pairs} overlapping pairs "
+            "(overlap given to the smaller field)"
+        )
+
+
+def load_field_labels(
+    path: str | os.PathLike[str],
+    *,
+    class_column: str | None = None,
+    split_column: str | None = None,
+) -> FieldLabels:
+    """Read field polygons and make them valid, non-empty and non-overlapping.
+
+    Args:
+        path: any vector file OGR reads (GPKG, GeoJSON, shapefile, GeoParquet, ...).
+        class_column: column whose values become categories (default: one category, ``field``).
+        split_column: column holding ``train``/``val``/``test`` per field.
+
+    Returns:
+        The cleaned labels, still in the file's CRS.
+
+    Raises:
+        InputFileError: unreadable file, no polygons left, or bad split values.
+        CRSError: the file has no CRS.
+        ConfigError: a named column does not exist.
+    """
+    frame = read_vector(path)
+    n_read = len(frame)
+    for option, column in (("--class-column", class_column), ("--split-column", split_column)):
+        if column is not None and column not in frame.columns:
+            available = ", ".join(c for c in frame.columns if c != frame.geometry.name)
+            raise ConfigError(
+                f"{option} {column!r} is not a column of {path} (columns: {available or 'none'})"
+            )
+
+    geometries = frame.geometry.to_numpy()
+    present = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
+    invalid = present & ~shapely.is_valid(geometries)
+    repaired = geometries.copy()
+    repaired[invalid] = shapely.make_valid(geometries[invalid])
+    polygonal = np.empty(n_read, dtype=object)
+    polygonal[:] = [
+        _polygonal_part(g) if ok else None for g, ok in zip(repaired, present, strict=True)
+    ]
+    keep = np.array([g is not None and not g.is_empty and g.area > 0 for g in polygonal])
+
+    fields = gpd.GeoDataFrame(
+        {"field_id": np.arange(1, n_read + 1, dtype=np.int64)[keep]},
+        geometry=list(polygonal[keep]),
+        crs=frame.crs,
+    )
+    if fields.empty:
+        raise InputFileError(f"{path} holds no polygon with an area ({n_read} features read)")
+
+    if class_column is not None:
+        values = frame.loc[keep, class_column]
+        missing = values.isna().to_numpy()
+        if missing.any():
+            logger.warning("%d fields without a %s value dropped", missing.sum(), class_column)
+        fields = fields[~missing].copy()
+        fields["category"] = values[~missing].astype(str).to_numpy()
+    else:
+        fields["category"] = DEFAULT_CATEGORY
+    if split_column is not None:
+        raw = frame.loc[fields.index, split_column].astype(str).str.strip().str.lower()
+        unknown = sorted(set(raw) - set(SPLIT_ALIASES))
+        if unknown:
+            raise InputFileError(
+                f"--split-column {split_column!r} has values {unknown}; expected train, val or test"
+            )
+        fields["split"] = raw.map(SPLIT_ALIASES).to_numpy()
+    fields = fields.reset_index(drop=True)
+
+    n_pairs = resolve_overlaps(fields)
+    fields = fields[~fields.geometry.is_empty].reset_index(drop=True)
+    labels = FieldLabels(
+        fields=fields,
+        categories=sorted(set(fields["category"])),
+        n_read=n_read,
+        n_repaired=int(invalid.sum()),
+        n_dropped_empty=int((~keep).sum()),
+        n_overlapping_pairs=n_pairs,
+    )
+    logger.info(labels.summary())
+    return labels
+
+
+def resolve_overlaps(fields: gpd.GeoDataFrame, *, min_overlap_share: float = 1e-9) -> int:
+    """Cut every overlap out of the larger field of each overlapping pair, in place.
+
+    The smaller field keeps the disputed area: a small field drawn over a large one is almost
+    always a detail the large one missed. Returns the number of overlapping pairs.
+    """
+    geometries = fields.geometry.to_numpy()
+    tree = shapely.STRtree(geometries)
+    left, right = tree.query(geometries, predicate="intersects")
+    pairs = left < right
+    left, right = left[pairs], right[pairs]
+    if len(left) == 0:
+        return 0
+    overlap = shapely.area(shapely.intersection(geometries[left], geometries[right]))
+    areas = shapely.area(geometries)
+    smaller_area = np.minimum(areas[left], areas[right])
+    real = overlap > min_overlap_share * smaller_area
+    cut_from: dict[int, list[int]] = defaultdict(list)
+    for i, j in zip(left[real], right[real], strict=True):
+        # the larger loses; equal areas: the later row loses, so results do not depend on luck
+        larger, smaller = (i, j) if (areas[i], i) > (areas[j], j) else (j, i)
+        cut_from[int(larger)].append(int(smaller))
+    for larger, smaller in cut_from.items():
+        rest = shapely.difference(geometries[larger], shapely.union_all(geometries[smaller]))
+        geometries[larger] = _polygonal_part(rest) or shapely.Polygon()
+    fields.geometry = gpd.GeoSeries(geometries, index=fields.index, crs=fields.crs)
+    return int(real.sum())
+
+
+def to_crs_valid(fields: gpd.GeoDataFrame, crs: object) -> gpd.GeoDataFrame:
+    """Reproject and re-validate (reprojection can bend a valid ring into an invalid one)."""
+    out = fields.to_crs(crs)
+    invalid = ~out.geometry.is_valid
+    if invalid.any():
+        fixed = [_polygonal_part(shapely.make_valid(g)) for g in out.geometry[invalid]]
+        out.loc[invalid, "geometry"] = [g if g is not None else shapely.Polygon() for g in fixed]
+    return out[~out.geometry.is_empty]
+
+
+def _polygonal_part(geometry: BaseGeometry | None) -> BaseGeometry | None:
+    """The polygons of a geometry (dropping points and lines a repair may leave), or None."""
+    if geometry is None or geometry.is_empty:
+        return None
+    kind = geometry.geom_type
+    if kind in ("Polygon", "MultiPolygon"):
+        return geometry
+    if kind == "GeometryCollection":
+        parts = [p for p in geometry.geoms if p.geom_type in ("Polygon", "MultiPolygon")]
+        parts = [q for p in parts for q in getattr(p, "geoms", [p])]
+        return shapely.MultiPolygon(parts) if len(parts) > 1 else (parts[0] if parts else None)
+    return None

@@ -1,0 +1,656 @@
+"""``fieldseg tile``: labelled scenes -> overlapping chips + georeferenced COCO + splits.
+
+The output layout, the COCO extras and the rules used here (chip placement, rasterisation,
+slivers, label modes, splits) are the contract documented in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from affine import Affine
+from pycocotools import mask as mask_utils
+from rasterio.io import DatasetReader
+from rasterio.transform import array_bounds
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from fieldseg import __version__
+from fieldseg.atomic_output import atomic_directory, check_output_path
+from fieldseg.band_statistics import PixelSample, combine_statistics
+from fieldseg.chip_grid import check_chip_geometry, chip_windows
+from fieldseg.coco_format import encode_rle, rle_to_json, write_coco
+from fieldseg.dataset_description import (
+    DESCRIPTION_FILE,
+    Category,
+    CRSRecord,
+    DatasetDescription,
+    LabelMode,
+    SceneRecord,
+    SliverRule,
+    SplitMethod,
+    SplitRecord,
+)
+from fieldseg.errors import ConfigError, InputFileError
+from fieldseg.labels import SPLITS, FieldLabels, load_field_labels, to_crs_valid
+from fieldseg.progress import progress
+from fieldseg.raster_io import (
+    RasterInfo,
+    crs_to_json,
+    nodata_mask,
+    open_raster,
+    raster_info,
+    read_window,
+    transform_to_json,
+    write_geotiff,
+)
+from fieldseg.rasterization import pixel_counts, rasterize_labels
+from fieldseg.splits import assign_blocks, drop_cross_split_overlaps, parse_fractions
+from fieldseg.vector_io import read_area_of_interest
+
+logger = logging.getLogger(__name__)
+
+COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
+
+
+@dataclass
+class TileSummary:
+    """What ``tile`` did, for the closing report and for tests."""
+
+    output: Path
+    chips_by_split: dict[str, int]
+    instances_by_split: dict[str, int]
+    fractions: dict[str, float]
+    candidate_chips: int = 0
+    skipped_nodata: int = 0
+    skipped_outside_extent: int = 0
+    skipped_no_drawn_field: int = 0
+    dropped_split_overlap: int = 0
+    slivers_dropped: int = 0
+    fields_in_dataset: int = 0
+    labels: FieldLabels | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def chips_written(self) -> int:
+        """Chips in the dataset, all splits together."""
+        return sum(self.chips_by_split.values())
+
+    def lines(self) -> list[str]:
+        """A short human-readable report (warnings are logged, not repeated here)."""
+        realised = ", ".join(
+            f"{name} {self.chips_by_split[name]} chips ({self.fractions[name]:.1%}, "
+            f"{self.instances_by_split[name]} instances)"
+            for name in SPLITS
+        )
+        out = [
+            f"dataset: {self.output}",
+            f"chips written: {self.chips_written} of {self.candidate_chips} candidates: {realised}",
+            f"chips skipped: {self.skipped_nodata} too much nodata, "
+            f"{self.skipped_outside_extent} outside the label extent, "
+            f"{self.skipped_no_drawn_field} without a drawn field, "
+            f"{self.dropped_split_overlap} dropped for overlapping a chip of another split",
+            f"fields in dataset: {self.fields_in_dataset}; clipped slivers dropped (and ignored): "
+            f"{self.slivers_dropped}",
+        ]
+        if self.labels is not None:
+            out.append(self.labels.summary())
+        return out
+
+
+@dataclass
+class _Scene:
+    """An input scene with the labels that fall on it, in its CRS."""
+
+    scene_id: str
+    info: RasterInfo
+    nodata: float | None
+    fields: gpd.GeoDataFrame
+    field_pixels: np.ndarray
+    tree: shapely.STRtree
+    windows: list[Window]
+
+
+@dataclass
+class _Chip:
+    """One written chip, before splits are decided."""
+
+    scene: int
+    window: Window
+    valid_window: Window
+    file_name: str
+    nodata_fraction: float
+    pieces: list[dict[str, Any]]  # annotations without ids, each with its field's split
+    ignore: dict[str, Any] | None  # compressed RLE (pycocotools bytes form) or None
+    sample: PixelSample
+    split: str = "train"
+
+
+def tile_scenes(
+    scenes: Sequence[str | os.PathLike[str]],
+    labels: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    chip_size: int = 256,
+    overlap: int = 64,
+    split: str | Sequence[float] = "0.8,0.1,0.1",
+    split_column: str | None = None,
+    class_column: str | None = None,
+    label_extent: str | os.PathLike[str] | None = None,
+    sparse: bool = False,
+    max_nodata: float = 0.5,
+    nodata: float | None = None,
+    seed: int = 0,
+    block_size: int | None = None,
+    min_piece_pixels: int = 10,
+    min_piece_share: float = 0.02,
+    compress: str = "deflate",
+    overwrite: bool = False,
+) -> TileSummary:
+    """Cut labelled scenes into chips with COCO annotations, splits and band statistics.
+
+    Args:
+        scenes: one raster (GeoTIFF or VRT) per scene, all with the same bands.
+        labels: field polygons, any OGR-readable file; reprojected to each scene's CRS.
+        output: the dataset directory to create (refused if non-empty unless ``overwrite``).
+        chip_size: chip width and height in pixels.
+        overlap: pixels shared by neighbouring chips.
+        split: train,val,test fractions for spatial-block splitting.
+        split_column: take each chip's split from this label column instead.
+        class_column: label column whose values become COCO categories.
+        label_extent: AOI inside which labels are complete; only chips fully inside are kept.
+        sparse: only drawn fields are known; chips go where they are, the rest is ignored.
+        max_nodata: skip chips with a larger share of nodata pixels.
+        nodata: nodata value for scenes whose file declares none.
+        seed: seed of the block split and the pixel samples.
+        block_size: side of the split blocks in pixels (default four chips).
+        min_piece_pixels: a clipped piece of a field with fewer pixels is dropped.
+        min_piece_share: a clipped piece with a smaller share of its field is dropped.
+        compress: GeoTIFF compression of the chips.
+        overwrite: replace an existing dataset.
+
+    Returns:
+        A summary of chips, splits and label repairs.
+    """
+    stride = check_chip_geometry(chip_size, overlap)
+    fractions = None if split_column else parse_fractions(split)
+    if label_extent is not None and sparse:
+        raise ConfigError("--label-extent and --sparse are exclusive: choose one label mode")
+    if not 0 <= max_nodata <= 1:
+        raise ConfigError(f"--max-nodata is a share between 0 and 1, got {max_nodata}")
+    if compress not in COMPRESSIONS:
+        raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}")
+    block_size = block_size or 4 * chip_size
+    if block_size < stride:
+        raise ConfigError(f"--block-size ({block_size}) must be at least the stride ({stride})")
+    if not scenes:
+        raise ConfigError("tile needs at least one scene")
+    output = check_output_path(output, overwrite=overwrite)
+    mode: LabelMode = "sparse" if sparse else ("label_extent" if label_extent else "complete")
+
+    field_labels = load_field_labels(labels, class_column=class_column, split_column=split_column)
+    category_ids = {name: i for i, name in enumerate(field_labels.categories, start=1)}
+    prepared, summary = _prepare_scenes(
+        scenes, field_labels, nodata, chip_size, overlap, mode, label_extent, output
+    )
+    summary.labels = field_labels
+    first = prepared[0].info
+    sliver_rule = SliverRule(min_pixels=min_piece_pixels, min_share=min_piece_share)
+
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        chips = _write_chips(
+            prepared,
+            tmp,
+            category_ids,
+            sliver_rule,
+            max_nodata,
+            compress,
+            seed,
+            summary,
+            sparse=sparse,
+        )
+        if not chips:
+            raise InputFileError(
+                f"no chip was written: all {summary.candidate_chips} candidate chips have more "
+                f"than {max_nodata:.0%} nodata or hold no drawn field"
+            )
+        boxes = np.array(
+            [
+                (c.window.col_off, c.window.row_off, c.window.col_off + chip_size,
+                 c.window.row_off + chip_size)
+                for c in chips
+            ],
+            dtype=np.int64,
+        )  # fmt: skip
+        if fractions is not None:
+            centres = (boxes[:, :2] + boxes[:, 2:]) // 2 // block_size
+            blocks = [
+                (c.scene, *map(int, centre)) for c, centre in zip(chips, centres, strict=True)
+            ]
+            splits = assign_blocks(blocks, fractions, seed)
+        else:
+            splits = np.array([_majority_split(c) for c in chips], dtype=object)
+        keep = drop_cross_split_overlaps([c.scene for c in chips], boxes, splits)
+        summary.dropped_split_overlap = int((~keep).sum())
+        for chip, chip_split, kept in zip(chips, splits, keep, strict=True):
+            chip.split = chip_split
+            if not kept:
+                (tmp / chip.file_name).unlink()
+        chips = [c for c, kept in zip(chips, keep, strict=True) if kept]
+
+        train_samples = [c.sample for c in chips if c.split == "train"]
+        statistics = combine_statistics(train_samples, first.band_names)
+        if not statistics:
+            raise InputFileError("the train split holds no valid pixel; check --split and nodata")
+
+        categories = [
+            {"id": i, "name": n, "supercategory": "field"} for n, i in category_ids.items()
+        ]
+        info = {
+            "description": "fieldseg dataset",
+            "version": str(__version__),
+            "date_created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        split_records: dict[str, SplitRecord] = {}
+        next_ids = [0, 0]  # image and annotation ids are unique across the splits
+        for name in SPLITS:
+            images, annotations = _coco_split(chips, prepared, name, chip_size, next_ids)
+            write_coco(
+                tmp / f"{name}.json",
+                images=images,
+                annotations=annotations,
+                categories=categories,
+                info=info,
+            )
+            summary.chips_by_split[name] = len(images)
+            summary.instances_by_split[name] = len(annotations)
+            split_records[name] = SplitRecord(
+                annotations=f"{name}.json",
+                chips=len(images),
+                instances=len(annotations),
+                fraction=len(images) / len(chips),
+            )
+            summary.fractions[name] = len(images) / len(chips)
+        summary.fields_in_dataset = len(
+            {
+                (c.scene, p["field_id"])
+                for c in chips
+                for p in c.pieces
+                if p["split"] in (None, c.split)
+            }
+        )
+        _warn_small_splits(summary, fractions)
+
+        description = DatasetDescription(
+            fieldseg_version=__version__,
+            bands=list(first.band_names),
+            dtype=first.dtype,
+            nodata=prepared[0].nodata,
+            chip_size=chip_size,
+            overlap=overlap,
+            label_mode=mode,
+            categories=[Category(id=i, name=n) for n, i in category_ids.items()],
+            splits=split_records,
+            split_method=SplitMethod(
+                method="column" if split_column else "blocks",
+                requested=fractions,
+                block_size=None if split_column else block_size,
+                column=split_column,
+                seed=seed,
+            ),
+            normalisation=statistics,
+            sliver_rule=sliver_rule,
+            scenes=[
+                SceneRecord(
+                    scene_id=s.scene_id,
+                    path=str(s.info.path.resolve()),
+                    width=s.info.width,
+                    height=s.info.height,
+                    crs=CRSRecord(**crs_to_json(s.info.crs)),
+                    transform=transform_to_json(s.info.transform),
+                    nodata=s.nodata,
+                )
+                for s in prepared
+            ],
+        )
+        description.save(tmp / DESCRIPTION_FILE)
+    for line in summary.warnings:
+        logger.warning(line)
+    return summary
+
+
+def _prepare_scenes(
+    paths: Sequence[str | os.PathLike[str]],
+    labels: FieldLabels,
+    nodata: float | None,
+    chip_size: int,
+    overlap: int,
+    mode: LabelMode,
+    label_extent: str | os.PathLike[str] | None,
+    output: Path,
+) -> tuple[list[_Scene], TileSummary]:
+    """Open every scene, check they agree, and find their labels and candidate chips."""
+    summary = TileSummary(output=output, chips_by_split={}, instances_by_split={}, fractions={})
+    prepared: list[_Scene] = []
+    used_ids: set[str] = set()
+    for path in paths:
+        with open_raster(path) as src:
+            info = raster_info(src)
+        if prepared:
+            _check_same_bands(prepared[0].info, info)
+        scene_nodata = info.nodata if info.nodata is not None else nodata
+        if info.nodata is not None and nodata is not None and nodata != info.nodata:
+            summary.warnings.append(
+                f"{info.path.name} declares nodata {info.nodata}; --nodata {nodata} is not used"
+            )
+        if prepared and not _same_value(scene_nodata, prepared[0].nodata):
+            raise InputFileError(
+                f"{info.path.name} has nodata {scene_nodata} but {prepared[0].info.path.name} has "
+                f"{prepared[0].nodata}; give --nodata or make the scenes agree"
+            )
+        scene_id = _unique_id(info.path.stem, used_ids)
+
+        scene_box = shapely.box(*_bounds(info))
+        fields = to_crs_valid(labels.fields, info.crs)
+        fields = fields[fields.intersects(scene_box)].reset_index(drop=True)
+        geometries = fields.geometry.to_numpy()
+        windows = chip_windows(info.width, info.height, chip_size, overlap)
+        summary.candidate_chips += len(windows)
+        if label_extent is not None:
+            aoi = read_area_of_interest(label_extent, info.crs)
+            inside = [aoi.covers(_window_box(info, w)) for w in windows]
+            summary.skipped_outside_extent += inside.count(False)
+            windows = [w for w, ok in zip(windows, inside, strict=True) if ok]
+        tree = shapely.STRtree(geometries)
+        if mode == "sparse":
+            boxes = [_window_box(info, w) for w in windows]
+            hits = tree.query(boxes, predicate="intersects")
+            with_field = set(hits[0].tolist())
+            summary.skipped_no_drawn_field += len(windows) - len(with_field)
+            windows = [w for i, w in enumerate(windows) if i in with_field]
+        if len(fields) == 0:
+            summary.warnings.append(f"no label falls on scene {info.path.name}")
+        prepared.append(
+            _Scene(
+                scene_id=scene_id,
+                info=info,
+                nodata=scene_nodata,
+                fields=fields,
+                field_pixels=pixel_counts(geometries, info.transform),
+                tree=tree,
+                windows=windows,
+            )
+        )
+    if not any(len(s.fields) for s in prepared):
+        raise InputFileError(
+            f"the labels do not overlap the raster{'s' if len(prepared) > 1 else ''} "
+            "(check that they cover the same area and carry the right CRS)"
+        )
+    if not any(s.windows for s in prepared):
+        reason = "lies fully inside the label extent" if label_extent else "holds a drawn field"
+        raise InputFileError(f"no chip {reason}")
+    return prepared, summary
+
+
+def _write_chips(
+    scenes: list[_Scene],
+    out_dir: Path,
+    category_ids: dict[str, int],
+    sliver_rule: SliverRule,
+    max_nodata: float,
+    compress: str,
+    seed: int,
+    summary: TileSummary,
+    *,
+    sparse: bool,
+) -> list[_Chip]:
+    """Read, annotate and write every candidate chip; return those written."""
+    chips: list[_Chip] = []
+    total = sum(len(s.windows) for s in scenes)
+    stream = progress(_candidate_chips(scenes), total=total, desc="tiling", unit="chip")
+    for scene_index, scene, src, window in stream:
+        info = scene.info
+        data = read_window(src, window, fill_value=scene.nodata)
+        valid = ~nodata_mask(data, scene.nodata)
+        valid_window = window.intersection(Window(0, 0, info.width, info.height))
+        valid[int(valid_window.height) :, :] = False  # padding beyond the scene is nodata
+        valid[:, int(valid_window.width) :] = False
+        nodata_fraction = 1.0 - float(valid.mean())
+        if nodata_fraction > max_nodata:
+            summary.skipped_nodata += 1
+            continue
+        transform = window_transform(window, info.transform)
+        pieces, ignore = _annotate(
+            scene, window, transform, valid, category_ids, sliver_rule, sparse=sparse
+        )
+        summary.slivers_dropped += sum(1 for p in pieces if p["sliver"])
+        pieces = [p for p in pieces if not p["sliver"]]
+        if sparse and not pieces:
+            summary.skipped_no_drawn_field += 1
+            continue
+        name = f"{scene.scene_id}_r{int(window.row_off):05d}_c{int(window.col_off):05d}.tif"
+        file_name = f"chips/{scene.scene_id}/{name}"
+        (out_dir / file_name).parent.mkdir(parents=True, exist_ok=True)
+        write_geotiff(
+            out_dir / file_name,
+            data,
+            transform=transform,
+            crs=info.crs,
+            nodata=scene.nodata,
+            band_names=info.band_names,
+            compress=compress,
+        )
+        rng = np.random.default_rng([seed, scene_index, len(chips)])
+        chips.append(
+            _Chip(
+                scene=scene_index,
+                window=window,
+                valid_window=valid_window,
+                file_name=file_name,
+                nodata_fraction=nodata_fraction,
+                pieces=pieces,
+                ignore=ignore,
+                sample=PixelSample.from_chip(data, valid, rng),
+            )
+        )
+    return chips
+
+
+def _candidate_chips(
+    scenes: list[_Scene],
+) -> Iterator[tuple[int, _Scene, DatasetReader, Window]]:
+    """Every candidate window with its scene, keeping one open file per scene."""
+    for index, scene in enumerate(scenes):
+        with open_raster(scene.info.path) as src:
+            for window in scene.windows:
+                yield index, scene, src, window
+
+
+def _annotate(
+    scene: _Scene,
+    window: Window,
+    transform: Affine,
+    valid: np.ndarray,
+    category_ids: dict[str, int],
+    sliver_rule: SliverRule,
+    *,
+    sparse: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Instance pieces of the fields in a chip, and the chip's ignore mask (RLE or None).
+
+    A piece is truncated when the chip edge (or nodata) hides part of its field. A truncated
+    piece below the sliver rule is marked ``sliver`` and its pixels join the ignore mask, so it
+    is taught neither as a field nor as background. In sparse mode everything that is not a
+    drawn field is ignored.
+    """
+    shape = (int(window.height), int(window.width))
+    hits = scene.tree.query(shapely.box(*array_bounds(*shape, transform)), predicate="intersects")
+    geometries = scene.fields.geometry.to_numpy()[hits]
+    label = rasterize_labels(
+        geometries, np.arange(1, len(hits) + 1), transform=transform, shape=shape
+    )
+    label[~valid] = 0
+    counts = np.bincount(label.ravel(), minlength=len(hits) + 1)
+    ignore = (label == 0) if sparse else np.zeros(shape, dtype=bool)
+    has_split = "split" in scene.fields.columns
+    pieces: list[dict[str, Any]] = []
+    for local in np.flatnonzero(counts[1:]):
+        row = scene.fields.iloc[hits[local]]
+        pixels = int(counts[local + 1])
+        total = int(scene.field_pixels[hits[local]])
+        mask = label == local + 1
+        truncated = pixels < total
+        sliver = truncated and (
+            pixels < sliver_rule.min_pixels or pixels < sliver_rule.min_share * total
+        )
+        if sliver:
+            ignore |= mask
+        rle = encode_rle(mask)
+        pieces.append(
+            {
+                "field_id": int(row["field_id"]),
+                "category_id": category_ids[row["category"]],
+                "segmentation": rle,
+                "area": pixels,
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "truncated": bool(truncated),
+                "split": row["split"] if has_split else None,
+                "sliver": bool(sliver),
+            }
+        )
+    ignore_rle = encode_rle(ignore) if ignore.any() else None
+    return pieces, ignore_rle
+
+
+def _majority_split(chip: _Chip) -> str:
+    """With a split column: the split holding most of the chip's field pixels (else train)."""
+    area: dict[str, int] = {}
+    for piece in chip.pieces:
+        area[piece["split"]] = area.get(piece["split"], 0) + piece["area"]
+    return max(area, key=lambda k: (area[k], -SPLITS.index(k))) if area else "train"
+
+
+def _coco_split(
+    chips: list[_Chip], scenes: list[_Scene], split: str, chip_size: int, first_ids: list[int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """COCO images and annotations of one split.
+
+    Pieces of fields that belong to another split (split column) are not annotated here; they
+    join the ignore mask so the chip teaches them neither as field nor as background.
+    """
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    image_id, annotation_id = first_ids
+    for chip in chips:
+        if chip.split != split:
+            continue
+        scene = scenes[chip.scene]
+        ignore_parts = [chip.ignore] if chip.ignore is not None else []
+        image_id += 1
+        for piece in chip.pieces:
+            if piece["split"] not in (None, split):
+                ignore_parts.append(piece["segmentation"])
+                continue
+            annotation_id += 1
+            annotations.append(
+                {
+                    "id": annotation_id,
+                    "image_id": image_id,
+                    "category_id": piece["category_id"],
+                    "segmentation": rle_to_json(piece["segmentation"]),
+                    "area": piece["area"],
+                    "bbox": piece["bbox"],
+                    "iscrowd": 0,
+                    "field_id": piece["field_id"],
+                    "truncated": piece["truncated"],
+                }
+            )
+        ignore = mask_utils.merge(ignore_parts, intersect=False) if ignore_parts else None
+        images.append(
+            {
+                "id": image_id,
+                "file_name": chip.file_name,
+                "width": chip_size,
+                "height": chip_size,
+                "scene_id": scene.scene_id,
+                "window": {
+                    "col_off": int(chip.window.col_off),
+                    "row_off": int(chip.window.row_off),
+                    "width": int(chip.valid_window.width),
+                    "height": int(chip.valid_window.height),
+                },
+                "crs": crs_to_json(scene.info.crs),
+                "transform": transform_to_json(window_transform(chip.window, scene.info.transform)),
+                "nodata_fraction": round(chip.nodata_fraction, 6),
+                "ignore_mask": rle_to_json(ignore) if ignore is not None else None,
+            }
+        )
+    first_ids[:] = [image_id, annotation_id]
+    return images, annotations
+
+
+def _warn_small_splits(summary: TileSummary, fractions: dict[str, float] | None) -> None:
+    for name in SPLITS:
+        wanted = fractions.get(name, 0) if fractions is not None else None
+        got = summary.chips_by_split[name]
+        if got == 0 and (wanted is None or wanted > 0):
+            summary.warnings.append(
+                f"the {name} split got no chips"
+                + (f" (asked for {wanted:.0%}); try a smaller --block-size" if wanted else "")
+            )
+        elif 0 < got < 5 and name != "train":
+            summary.warnings.append(f"the {name} split has only {got} chips: figures will be noisy")
+
+
+def _check_same_bands(reference: RasterInfo, info: RasterInfo) -> None:
+    """All scenes of a dataset need the same bands in the same order and data type."""
+    if info.count != reference.count:
+        raise InputFileError(
+            f"{info.path.name} has {info.count} bands but {reference.path.name} has "
+            f"{reference.count}: every scene of a dataset needs the same bands"
+        )
+    if info.band_names != reference.band_names:
+        raise InputFileError(
+            f"{info.path.name} has bands {list(info.band_names)} but {reference.path.name} has "
+            f"{list(reference.band_names)}"
+        )
+    if info.dtype != reference.dtype:
+        raise InputFileError(
+            f"{info.path.name} is {info.dtype} but {reference.path.name} is {reference.dtype}"
+        )
+
+
+def _same_value(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or (np.isnan(a) and np.isnan(b))
+
+
+def _unique_id(stem: str, used: set[str]) -> str:
+    """A scene id from the file name, made unique (``name``, ``name_2``, ...)."""
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}_{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _bounds(info: RasterInfo) -> tuple[float, float, float, float]:
+    return array_bounds(info.height, info.width, info.transform)
+
+
+def _window_box(info: RasterInfo, window: Window) -> shapely.Polygon:
+    """The chip's footprint in scene CRS, clipped to the scene (padding has no labels)."""
+    inside = window.intersection(Window(0, 0, info.width, info.height))
+    transform = window_transform(inside, info.transform)
+    return shapely.box(*array_bounds(int(inside.height), int(inside.width), transform))
