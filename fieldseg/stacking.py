@@ -66,7 +66,7 @@ def stack_bands(
 
     Every file must share CRS, transform (pixel grid), size, data type and nodata value with the
     first one. Band descriptions in the VRT carry ``band_names`` (default: from the file names).
-    Source paths are stored relative to the VRT when possible so the folder can be moved.
+    Source paths are stored relative to the VRT when the files are near it (see docs/formats.md).
 
     Args:
         files: raster files, usually single-band; every band of each file is used.
@@ -193,11 +193,18 @@ def _vrt_tree(
 
 
 def _source_filename(path: Path, vrt_dir: Path) -> tuple[str, str]:
+    """Source path for the VRT: relative when near the VRT (at most one ``..``), else absolute.
+
+    Files in, below or beside the VRT's folder can then move together with it.
+    """
     absolute = path.resolve()
     try:
-        return os.path.relpath(absolute, vrt_dir), "1"
+        relative = os.path.relpath(absolute, vrt_dir)
     except ValueError:  # another drive on Windows
         return str(absolute), "0"
+    if Path(relative).parts[:2] == ("..", ".."):
+        return str(absolute), "0"
+    return relative, "1"
 
 
 def _verify(vrt: Path, expected_bands: int) -> None:

@@ -118,6 +118,17 @@ class _Scene:
     field_pixels: np.ndarray
     tree: shapely.STRtree
     windows: list[Window]
+    geometries: np.ndarray = field(init=False)
+    field_ids: np.ndarray = field(init=False)
+    categories: np.ndarray = field(init=False)
+    splits: np.ndarray | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        # plain arrays: per-piece lookups in the chip loop stay cheap
+        self.geometries = self.fields.geometry.to_numpy()
+        self.field_ids = self.fields["field_id"].to_numpy()
+        self.categories = self.fields["category"].to_numpy()
+        self.splits = self.fields["split"].to_numpy() if "split" in self.fields else None
 
 
 @dataclass
@@ -494,19 +505,17 @@ def _annotate(
     """
     shape = (int(window.height), int(window.width))
     hits = scene.tree.query(shapely.box(*array_bounds(*shape, transform)), predicate="intersects")
-    geometries = scene.fields.geometry.to_numpy()[hits]
     label = rasterize_labels(
-        geometries, np.arange(1, len(hits) + 1), transform=transform, shape=shape
+        scene.geometries[hits], np.arange(1, len(hits) + 1), transform=transform, shape=shape
     )
     label[~valid] = 0
     counts = np.bincount(label.ravel(), minlength=len(hits) + 1)
     ignore = (label == 0) if sparse else np.zeros(shape, dtype=bool)
-    has_split = "split" in scene.fields.columns
     pieces: list[dict[str, Any]] = []
     for local in np.flatnonzero(counts[1:]):
-        row = scene.fields.iloc[hits[local]]
+        index = hits[local]
         pixels = int(counts[local + 1])
-        total = int(scene.field_pixels[hits[local]])
+        total = int(scene.field_pixels[index])
         mask = label == local + 1
         truncated = pixels < total
         sliver = truncated and (
@@ -517,13 +526,13 @@ def _annotate(
         rle = encode_rle(mask)
         pieces.append(
             {
-                "field_id": int(row["field_id"]),
-                "category_id": category_ids[row["category"]],
+                "field_id": int(scene.field_ids[index]),
+                "category_id": category_ids[scene.categories[index]],
                 "segmentation": rle,
                 "area": pixels,
                 "bbox": [float(v) for v in mask_utils.toBbox(rle)],
                 "truncated": bool(truncated),
-                "split": row["split"] if has_split else None,
+                "split": scene.splits[index] if scene.splits is not None else None,
                 "sliver": bool(sliver),
             }
         )
