@@ -186,8 +186,10 @@ def write_geotiff(
         profile.pop("blockysize")
     else:
         profile.update(blockxsize=_block(width), blockysize=_block(height))
-    if count > 1 and compress.lower() in ("deflate", "zstd", "lzw"):
+    if compress.lower() in ("deflate", "zstd", "lzw"):
         profile["predictor"] = 2 if np.issubdtype(data.dtype, np.integer) else 3
+    if compress.lower() == "zstd":
+        profile["zstd_level"] = 1  # fast; higher levels gain little on noisy reflectances
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         if band_names is not None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import shapely
 from affine import Affine
 from rasterio import features
-from rasterio.windows import Window, from_bounds
+from rasterio.transform import array_bounds
 from shapely.geometry.base import BaseGeometry
 
 
@@ -47,26 +48,29 @@ def rasterize_mask(
     )
 
 
-def pixel_window(geometry: BaseGeometry, transform: Affine) -> Window:
-    """The smallest whole-pixel window of the grid ``transform`` that holds ``geometry``."""
-    window = from_bounds(*geometry.bounds, transform=transform)
-    return window.round_offsets(op="floor").round_lengths(op="ceil")
+def rasterize_labels_in_strips(
+    geometries: Sequence[BaseGeometry] | np.ndarray,
+    *,
+    transform: Affine,
+    out: np.ndarray,
+    strip_rows: int = 512,
+) -> np.ndarray:
+    """Burn ``i + 1`` for geometry ``i`` into ``out`` strip by strip; return pixels per geometry.
 
-
-def pixel_counts(geometries: Sequence[BaseGeometry], transform: Affine) -> np.ndarray:
-    """Number of pixels of the grid ``transform`` each geometry covers, anywhere on the grid.
-
-    The grid is unbounded here: a field crossing the scene edge counts its pixels beyond it, so
-    that a piece clipped by the scene edge is known to be a piece.
+    ``out`` (rows, cols) may be a numpy memmap: only one strip is held in memory at a time, so
+    a whole Sentinel-2 tile of labels can be rasterised on a small machine. The geometries must
+    not overlap, since each pixel holds one label.
     """
-    counts = np.zeros(len(geometries), dtype=np.int64)
-    for index, geometry in enumerate(geometries):
-        if geometry.is_empty:
-            continue
-        window = pixel_window(geometry, transform)
-        # one pixel of margin absorbs floating-point rounding at the window edges
-        col, row = int(window.col_off) - 1, int(window.row_off) - 1
-        width, height = int(window.width) + 2, int(window.height) + 2
-        local = transform * Affine.translation(col, row)
-        counts[index] = rasterize_mask(geometry, transform=local, shape=(height, width)).sum()
-    return counts
+    geometries = np.asarray(geometries, dtype=object)
+    counts = np.zeros(len(geometries) + 1, dtype=np.int64)
+    height, width = out.shape
+    tree = shapely.STRtree(geometries)
+    for top in range(0, height, strip_rows):
+        rows = min(strip_rows, height - top)
+        local = transform * Affine.translation(0, top)
+        strip_box = shapely.box(*array_bounds(rows, width, local))
+        hits = tree.query(strip_box, predicate="intersects")
+        strip = rasterize_labels(geometries[hits], hits + 1, transform=local, shape=(rows, width))
+        out[top : top + rows] = strip
+        counts += np.bincount(strip.ravel(), minlength=len(counts))
+    return counts[1:]

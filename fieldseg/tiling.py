@@ -53,13 +53,16 @@ from fieldseg.raster_io import (
     transform_to_json,
     write_geotiff,
 )
-from fieldseg.rasterization import pixel_counts, rasterize_labels
+from fieldseg.rasterization import rasterize_labels_in_strips
 from fieldseg.splits import assign_blocks, drop_cross_split_overlaps, parse_fractions
 from fieldseg.vector_io import read_area_of_interest
 
 logger = logging.getLogger(__name__)
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
+#: Field pixels are counted this far (in pixels) beyond the scene edge, to know which pieces
+#: the scene edge cuts without rasterising fields that reach far beyond the scene.
+PIXEL_COUNT_MARGIN = 8
 
 
 @dataclass
@@ -115,7 +118,6 @@ class _Scene:
     info: RasterInfo
     nodata: float | None
     fields: gpd.GeoDataFrame
-    field_pixels: np.ndarray
     tree: shapely.STRtree
     windows: list[Window]
     geometries: np.ndarray = field(init=False)
@@ -129,6 +131,41 @@ class _Scene:
         self.field_ids = self.fields["field_id"].to_numpy()
         self.categories = self.fields["category"].to_numpy()
         self.splits = self.fields["split"].to_numpy() if "split" in self.fields else None
+
+
+class _SceneLabels:
+    """The scene's fields rasterised once onto its pixel grid, kept in a file on disk.
+
+    Pixel ``(row, col)`` of the scene holds ``i + 1`` for field row ``i`` (0: no field). The
+    grid reaches :data:`PIXEL_COUNT_MARGIN` pixels beyond the scene (and over the padding of a
+    scene smaller than a chip), so that a field cut by the scene edge is known to be cut.
+    Rasterising once, instead of once per chip, burns each field once however many chips see it.
+    """
+
+    def __init__(self, scene: _Scene, chip_size: int, workdir: Path) -> None:
+        info, margin = scene.info, PIXEL_COUNT_MARGIN
+        shape = (max(info.height, chip_size) + 2 * margin, max(info.width, chip_size) + 2 * margin)
+        self._path = workdir / f".labels-{scene.scene_id}.npy"
+        self._labels = np.lib.format.open_memmap(self._path, mode="w+", dtype=np.int32, shape=shape)
+        origin = info.transform * Affine.translation(-margin, -margin)
+        self.field_pixels = rasterize_labels_in_strips(
+            scene.geometries, transform=origin, out=self._labels
+        )
+
+    def chip(self, window: Window) -> np.ndarray:
+        """A writable copy of the labels under ``window``."""
+        top, left = (
+            int(window.row_off) + PIXEL_COUNT_MARGIN,
+            int(window.col_off) + PIXEL_COUNT_MARGIN,
+        )
+        return np.array(
+            self._labels[top : top + int(window.height), left : left + int(window.width)]
+        )
+
+    def close(self) -> None:
+        """Release and delete the label file."""
+        del self._labels
+        self._path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -164,7 +201,7 @@ def tile_scenes(
     block_size: int | None = None,
     min_piece_pixels: int = 10,
     min_piece_share: float = 0.02,
-    compress: str = "deflate",
+    compress: str = "zstd",
     overwrite: bool = False,
 ) -> TileSummary:
     """Cut labelled scenes into chips with COCO annotations, splits and band statistics.
@@ -186,7 +223,7 @@ def tile_scenes(
         block_size: side of the split blocks in pixels (default four chips).
         min_piece_pixels: a clipped piece of a field with fewer pixels is dropped.
         min_piece_share: a clipped piece with a smaller share of its field is dropped.
-        compress: GeoTIFF compression of the chips.
+        compress: GeoTIFF compression of the chips (zstd is fast; deflate the most portable).
         overwrite: replace an existing dataset.
 
     Returns:
@@ -227,6 +264,7 @@ def tile_scenes(
             compress,
             seed,
             summary,
+            chip_size=chip_size,
             sparse=sparse,
         )
         if not chips:
@@ -396,7 +434,6 @@ def _prepare_scenes(
                 info=info,
                 nodata=scene_nodata,
                 fields=fields,
-                field_pixels=pixel_counts(geometries, info.transform),
                 tree=tree,
                 windows=windows,
             )
@@ -422,13 +459,15 @@ def _write_chips(
     seed: int,
     summary: TileSummary,
     *,
+    chip_size: int,
     sparse: bool,
 ) -> list[_Chip]:
     """Read, annotate and write every candidate chip; return those written."""
     chips: list[_Chip] = []
     total = sum(len(s.windows) for s in scenes)
-    stream = progress(_candidate_chips(scenes), total=total, desc="tiling", unit="chip")
-    for scene_index, scene, src, window in stream:
+    candidates = _candidate_chips(scenes, chip_size, out_dir)
+    stream = progress(candidates, total=total, desc="tiling", unit="chip")
+    for scene_index, scene, labels, src, window in stream:
         info = scene.info
         data = read_window(src, window, fill_value=scene.nodata)
         valid = ~nodata_mask(data, scene.nodata)
@@ -441,7 +480,7 @@ def _write_chips(
             continue
         transform = window_transform(window, info.transform)
         pieces, ignore = _annotate(
-            scene, window, transform, valid, category_ids, sliver_rule, sparse=sparse
+            scene, labels, window, valid, category_ids, sliver_rule, sparse=sparse
         )
         summary.slivers_dropped += sum(1 for p in pieces if p["sliver"])
         pieces = [p for p in pieces if not p["sliver"]]
@@ -477,19 +516,25 @@ def _write_chips(
 
 
 def _candidate_chips(
-    scenes: list[_Scene],
-) -> Iterator[tuple[int, _Scene, DatasetReader, Window]]:
-    """Every candidate window with its scene, keeping one open file per scene."""
+    scenes: list[_Scene], chip_size: int, workdir: Path
+) -> Iterator[tuple[int, _Scene, _SceneLabels, DatasetReader, Window]]:
+    """Every candidate window with its scene, one open file and one label raster at a time."""
     for index, scene in enumerate(scenes):
-        with open_raster(scene.info.path) as src:
-            for window in scene.windows:
-                yield index, scene, src, window
+        if not scene.windows:
+            continue
+        labels = _SceneLabels(scene, chip_size, workdir)
+        try:
+            with open_raster(scene.info.path) as src:
+                for window in scene.windows:
+                    yield index, scene, labels, src, window
+        finally:
+            labels.close()
 
 
 def _annotate(
     scene: _Scene,
+    labels: _SceneLabels,
     window: Window,
-    transform: Affine,
     valid: np.ndarray,
     category_ids: dict[str, int],
     sliver_rule: SliverRule,
@@ -504,19 +549,25 @@ def _annotate(
     drawn field is ignored.
     """
     shape = (int(window.height), int(window.width))
-    hits = scene.tree.query(shapely.box(*array_bounds(*shape, transform)), predicate="intersects")
-    label = rasterize_labels(
-        scene.geometries[hits], np.arange(1, len(hits) + 1), transform=transform, shape=shape
-    )
+    label = labels.chip(window)  # field row + 1, 0 where no field
     label[~valid] = 0
-    counts = np.bincount(label.ravel(), minlength=len(hits) + 1)
     ignore = (label == 0) if sparse else np.zeros(shape, dtype=bool)
+    # group pixel indices by label once (column-major, as RLE wants) instead of comparing the
+    # whole chip with every label: chips of small fields hold hundreds of pieces
+    flat = np.asfortranarray(label).ravel(order="K")
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
     pieces: list[dict[str, Any]] = []
-    for local in np.flatnonzero(counts[1:]):
-        index = hits[local]
-        pixels = int(counts[local + 1])
-        total = int(scene.field_pixels[index])
-        mask = label == local + 1
+    for start, end in zip(starts, ends, strict=True):
+        if ordered[start] == 0:
+            continue
+        index = int(ordered[start]) - 1
+        pixels = int(end - start)
+        total = int(labels.field_pixels[index])
+        mask = np.zeros(shape, dtype=bool, order="F")
+        mask.ravel(order="K")[order[start:end]] = True
         truncated = pixels < total
         sliver = truncated and (
             pixels < sliver_rule.min_pixels or pixels < sliver_rule.min_share * total

@@ -50,10 +50,10 @@ from fieldseg.cli.options import overwrite_option, seed_option
 @click.option("--nodata", type=float, help="Nodata value for scenes whose file declares none.")
 @click.option(
     "--compress",
-    type=click.Choice(["deflate", "zstd", "lzw", "none"]),
-    default="deflate",
+    type=click.Choice(["zstd", "deflate", "lzw", "none"]),
+    default="zstd",
     show_default=True,
-    help="GeoTIFF compression of the chips.",
+    help="GeoTIFF compression of the chips (zstd: fast; deflate: most portable).",
 )
 @seed_option
 @overwrite_option
