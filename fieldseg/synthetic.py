@@ -1295,7 +1295,7 @@ def _row_pattern(
         longer = np.where(
             (np.hypot(e1[:, 0], e1[:, 1]) >= np.hypot(e2[:, 0], e2[:, 1]))[:, None], e1, e2
         )
-        angle[1 : n + 1] = np.arctan2(longer[:, 1], longer[:, 0])
+        angle[1 : n + 1] = np.arctan2(-longer[:, 1], longer[:, 0])  # rows run south
         period_px = rng.uniform(2.2, 6.0, n)
         freq[1 : n + 1] = 2 * math.pi / period_px
     rows, cols = units.shape

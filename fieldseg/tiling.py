@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,7 @@ def tile_scenes(
         max_nodata: skip chips with a larger share of nodata pixels.
         nodata: nodata value for scenes whose file declares none.
         seed: seed of the block split and the pixel samples.
-        block_size: side of the split blocks in pixels (default four chips).
+        block_size: side of the split blocks in pixels (default: see default_block_size).
         min_piece_pixels: a clipped piece of a field with fewer pixels is dropped.
         min_piece_share: a clipped piece with a smaller share of its field is dropped.
         compress: GeoTIFF compression of the chips (zstd is fast; deflate the most portable).
@@ -237,8 +238,7 @@ def tile_scenes(
         raise ConfigError(f"--max-nodata is a share between 0 and 1, got {max_nodata}")
     if compress not in COMPRESSIONS:
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}")
-    block_size = block_size or 4 * chip_size
-    if block_size < stride:
+    if block_size is not None and block_size < stride:
         raise ConfigError(f"--block-size ({block_size}) must be at least the stride ({stride})")
     if not scenes:
         raise ConfigError("tile needs at least one scene")
@@ -251,6 +251,9 @@ def tile_scenes(
         scenes, field_labels, nodata, chip_size, overlap, mode, label_extent, output
     )
     summary.labels = field_labels
+    if fractions is not None and block_size is None:
+        windows = [(i, w) for i, scene in enumerate(prepared) for w in scene.windows]
+        block_size = default_block_size(windows, chip_size, stride, fractions)
     first = prepared[0].info
     sliver_rule = SliverRule(min_pixels=min_piece_pixels, min_share=min_piece_share)
 
@@ -375,6 +378,38 @@ def tile_scenes(
     for line in summary.warnings:
         logger.warning(line)
     return summary
+
+
+def default_block_size(
+    windows: Sequence[tuple[Hashable, Window]],
+    chip_size: int,
+    stride: int,
+    fractions: dict[str, float],
+) -> int:
+    """Split block side: four chips, halved (down to two strides) until there are blocks enough.
+
+    Enough means about five blocks for the smallest requested split, so that a small scene
+    still gets val and test chips; blocks of at least two strides keep the chips lost at split
+    borders (see :func:`fieldseg.splits.drop_cross_split_overlaps`) a minority.
+
+    Args:
+        windows: ``(scene key, window)`` of every candidate chip.
+        chip_size: chip side in pixels.
+        stride: chip side less the overlap.
+        fractions: requested split fractions.
+    """
+    smallest = min(f for f in fractions.values() if f > 0)
+    wanted = math.ceil(5 / smallest)
+    size = 4 * chip_size
+    while size > 2 * stride:
+        blocks = {
+            (key, int(w.col_off + w.width / 2) // size, int(w.row_off + w.height / 2) // size)
+            for key, w in windows
+        }
+        if len(blocks) >= wanted:
+            break
+        size = max(2 * stride, size // 2)
+    return size
 
 
 def _prepare_scenes(

@@ -29,7 +29,11 @@ from fieldseg.cli.options import overwrite_option, seed_option
     help="train,val,test fractions, dealt out by spatial blocks.",
 )
 @click.option("--split-column", help="Label column with train/val/test per field (no blocks).")
-@click.option("--block-size", type=int, help="Split block side in pixels [default: 4 chips].")
+@click.option(
+    "--block-size",
+    type=int,
+    help="Split block side in pixels [default: 4 chips, less on small scenes].",
+)
 @click.option("--class-column", help="Label column whose values become COCO categories.")
 @click.option(
     "--label-extent",
