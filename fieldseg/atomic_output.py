@@ -31,9 +31,22 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
             )
     elif path.exists() and not overwrite:
         raise OutputExistsError(f"output {path} exists; pass --overwrite to replace it")
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def _parent_folders(path: Path) -> Iterator[None]:
+    """Create the missing parent folders of ``path``; remove them again if the body fails."""
+    missing = [p for p in reversed(path.parents) if not p.exists()]
+    for folder in missing:
+        folder.mkdir(exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(missing):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: never remove what someone else put there
+        raise
 
 
 def _remove(path: Path) -> None:
@@ -52,20 +65,21 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     pick the right format. Side files a driver leaves beside it (e.g. ``.aux.xml``) are removed.
     """
     final = check_output_path(path, overwrite=overwrite)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.unlink()  # let the writer create it; some drivers refuse an existing empty file
-    try:
-        yield tmp
-        if final.is_dir():
-            raise OutputExistsError(f"output {final} is a directory, expected a file")
-        os.replace(tmp, final)
-    finally:
-        for leftover in (tmp, *tmp.parent.glob(tmp.name + "*")):
-            _remove(leftover)
+    if final.is_dir():
+        raise OutputExistsError(f"output {final} is a directory, expected a file")
+    with _parent_folders(final):
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
+        )
+        os.close(fd)
+        tmp = Path(tmp_name)
+        tmp.unlink()  # let the writer create it; some drivers refuse an existing empty file
+        try:
+            yield tmp
+            os.replace(tmp, final)
+        finally:
+            for leftover in (tmp, *tmp.parent.glob(tmp.name + "*")):
+                _remove(leftover)
 
 
 @contextlib.contextmanager
@@ -76,15 +90,18 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     so an interrupted run leaves either the old output or the new one, never a mix.
     """
     final = check_output_path(path, overwrite=overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield tmp
-        old: Path | None = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            os.replace(final, old / final.name)
-        os.replace(tmp, final)
-        if old is not None:
-            _remove(old)
-    finally:
-        _remove(tmp)
+    with _parent_folders(final):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            yield tmp
+            old: Path | None = None
+            if final.exists():
+                old = Path(
+                    tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent)
+                )
+                os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            if old is not None:
+                _remove(old)
+        finally:
+            _remove(tmp)

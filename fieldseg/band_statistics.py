@@ -48,6 +48,25 @@ class PixelSample:
         return cls(pixels.sum(axis=1), (pixels**2).sum(axis=1), count, sample)
 
 
+def weighted_percentiles(
+    values: np.ndarray, weights: np.ndarray, percentiles: Sequence[float]
+) -> np.ndarray:
+    """Per-column weighted percentiles of (n, bands) ``values``: shape (len(percentiles), bands).
+
+    The inverted-CDF rule: the smallest value whose cumulative weight reaches the percentile.
+    """
+    order = np.argsort(values, axis=0, kind="stable")
+    sorted_values = np.take_along_axis(values, order, axis=0)
+    cumulative = np.cumsum(weights[order], axis=0)
+    cumulative /= cumulative[-1]
+    out = np.empty((len(percentiles), values.shape[1]))
+    for i, q in enumerate(percentiles):
+        for band in range(values.shape[1]):
+            index = np.searchsorted(cumulative[:, band], q / 100, side="left")
+            out[i, band] = sorted_values[min(index, len(values) - 1), band]
+    return out
+
+
 def combine_statistics(
     samples: Iterable[PixelSample], band_names: Sequence[str]
 ) -> list[BandStatistics]:
@@ -60,8 +79,12 @@ def combine_statistics(
     total_sq = np.sum([s.total_sq for s in samples], axis=0)
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    pooled = np.concatenate([s.sample for s in samples if len(s.sample)], axis=0)
-    p2, p98 = np.percentile(pooled, [2, 98], axis=0)
+    kept = [s for s in samples if len(s.sample)]
+    pooled = np.concatenate([s.sample for s in kept], axis=0)
+    # each sampled pixel stands for count / sample-size pixels of its chip, so a chip with few
+    # valid pixels weighs no more than it should
+    weights = np.concatenate([np.full(len(s.sample), s.count / len(s.sample)) for s in kept])
+    p2, p98 = weighted_percentiles(pooled, weights, [2, 98])
     return [
         BandStatistics(
             name=name,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -111,17 +112,21 @@ def load_field_labels(
     if fields.empty:
         raise InputFileError(f"{path} holds no polygon with an area ({n_read} features read)")
 
+    def column(name: str) -> pd.Series:
+        """Values of ``name`` for the kept fields (rows located by their field_id)."""
+        return frame[name].iloc[fields["field_id"].to_numpy() - 1].reset_index(drop=True)
+
     if class_column is not None:
-        values = frame.loc[keep, class_column]
+        values = column(class_column)
         missing = values.isna().to_numpy()
         if missing.any():
             logger.warning("%d fields without a %s value dropped", missing.sum(), class_column)
-        fields = fields[~missing].copy()
+        fields = fields[~missing].reset_index(drop=True)
         fields["category"] = values[~missing].astype(str).to_numpy()
     else:
         fields["category"] = DEFAULT_CATEGORY
     if split_column is not None:
-        raw = frame.loc[fields.index, split_column].astype(str).str.strip().str.lower()
+        raw = column(split_column).astype(str).str.strip().str.lower()
         unknown = sorted(set(raw) - set(SPLIT_ALIASES))
         if unknown:
             raise InputFileError(
@@ -140,17 +145,17 @@ def load_field_labels(
         n_dropped_empty=int((~keep).sum()),
         n_overlapping_pairs=n_pairs,
     )
-    logger.info(labels.summary())
+    logger.debug(labels.summary())
     return labels
 
 
-def resolve_overlaps(fields: gpd.GeoDataFrame, *, min_overlap_share: float = 1e-3) -> int:
+def resolve_overlaps(fields: gpd.GeoDataFrame, *, min_overlap_share: float = 1e-9) -> int:
     """Cut every overlap out of the larger field of each overlapping pair, in place.
 
     The smaller field keeps the disputed area: a small field drawn over a large one is almost
-    always a detail the large one missed. Overlaps below ``min_overlap_share`` of the smaller
-    field are floating-point noise along shared edges, not drawn overlaps: they are left alone,
-    being far too small to hold a pixel centre. Returns the number of overlapping pairs.
+    always a detail the large one missed. Even a thin overlap can hold a row of pixel centres,
+    so only floating-point noise along shared edges (below ``min_overlap_share`` of the smaller
+    field) is left alone. Returns the number of overlapping pairs.
     """
     geometries = fields.geometry.to_numpy()
     tree = shapely.STRtree(geometries)

@@ -6,13 +6,16 @@ evaluation all rasterise through these functions, so a field covers the same pix
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import shapely
 from affine import Affine
 from rasterio import features
-from rasterio.transform import array_bounds
+from rasterio.transform import array_bounds, rowcol
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 from shapely.geometry.base import BaseGeometry
 
 
@@ -67,10 +70,32 @@ def rasterize_labels_in_strips(
     tree = shapely.STRtree(geometries)
     for top in range(0, height, strip_rows):
         rows = min(strip_rows, height - top)
-        local = transform * Affine.translation(0, top)
+        local = window_transform(Window(0, top, width, rows), transform)
         strip_box = shapely.box(*array_bounds(rows, width, local))
         hits = tree.query(strip_box, predicate="intersects")
         strip = rasterize_labels(geometries[hits], hits + 1, transform=local, shape=(rows, width))
         out[top : top + rows] = strip
         counts += np.bincount(strip.ravel(), minlength=len(counts))
     return counts[1:]
+
+
+def count_pixels(geometry: BaseGeometry, transform: Affine, *, strip_rows: int = 512) -> int:
+    """Pixels of the (unbounded) grid ``transform`` whose centres fall in ``geometry``.
+
+    Works strip by strip over the geometry's own extent, so even a field far larger than the
+    scene is counted exactly in bounded memory.
+    """
+    if geometry.is_empty:
+        return 0
+    xmin, ymin, xmax, ymax = geometry.bounds
+    rows, cols = rowcol(
+        transform, [xmin, xmin, xmax, xmax], [ymin, ymax, ymin, ymax], op=lambda v: v
+    )
+    col0, row0 = math.floor(min(cols)) - 1, math.floor(min(rows)) - 1
+    width, height = math.ceil(max(cols)) + 1 - col0, math.ceil(max(rows)) + 1 - row0
+    total = 0
+    for top in range(row0, row0 + height, strip_rows):
+        rows_here = min(strip_rows, row0 + height - top)
+        local = window_transform(Window(col0, top, width, rows_here), transform)
+        total += int(rasterize_mask(geometry, transform=local, shape=(rows_here, width)).sum())
+    return total

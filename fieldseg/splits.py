@@ -62,26 +62,43 @@ def assign_blocks(
     return block_split[chip_block]
 
 
+def block_keys(centres: np.ndarray, block_side: float) -> list[tuple[int, int]]:
+    """The block (column, row) of each chip centre, blocks being squares of ``block_side``.
+
+    Centres are in map units of one CRS shared by all scenes, so chips of two scenes over the
+    same ground (two dates, say) fall in the same block and hence the same split.
+    """
+    keys = np.floor(np.asarray(centres, dtype=float) / block_side).astype(np.int64)
+    return [(int(x), int(y)) for x, y in keys]
+
+
 def drop_cross_split_overlaps(
-    scene_of_chip: Sequence[Hashable], boxes: np.ndarray, splits: np.ndarray
+    footprints: Sequence[shapely.Geometry] | np.ndarray,
+    splits: np.ndarray,
+    *,
+    min_overlap_area: float = 0.0,
 ) -> np.ndarray:
     """Return a keep-mask that leaves no two overlapping chips in different splits.
 
     Args:
-        scene_of_chip: scene key per chip (chips of different scenes never overlap).
-        boxes: (n, 4) pixel boxes ``col0, row0, col1, row1`` (end-exclusive).
+        footprints: chip footprints in one CRS shared by all scenes, so that chips of different
+            scenes over the same ground are seen to overlap.
         splits: split name per chip.
+        min_overlap_area: overlaps of this area or less do not count (chips that only touch
+            share no area; half a pixel absorbs reprojection noise between scenes).
     """
+    footprints = np.asarray(footprints, dtype=object)
     keep = np.ones(len(splits), dtype=bool)
-    scenes = np.asarray(scene_of_chip, dtype=object)
+    if len(footprints) == 0:
+        return keep
+    left, right = shapely.STRtree(footprints).query(footprints, predicate="intersects")
+    differ = (left < right) & (splits[left] != splits[right])
+    left, right = left[differ], right[differ]
+    area = shapely.area(shapely.intersection(footprints[left], footprints[right]))
     neighbours: dict[int, list[int]] = {}
-    for scene in dict.fromkeys(scene_of_chip):
-        idx = np.flatnonzero(scenes == scene)
-        geoms = shapely.box(*boxes[idx].T.astype(float))
-        left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
-        for a, b in zip(idx[left], idx[right], strict=True):
-            if splits[a] != splits[b] and _pixels_overlap(boxes[a], boxes[b]):
-                neighbours.setdefault(int(a), []).append(int(b))
+    for a, b in zip(left[area > min_overlap_area], right[area > min_overlap_area], strict=True):
+        neighbours.setdefault(int(a), []).append(int(b))
+        neighbours.setdefault(int(b), []).append(int(a))
     # decide the splits in priority order: a chip survives unless it overlaps a surviving chip
     # of a split that ranks above it, so no chip is dropped for a chip that was itself dropped
     for chip in sorted(neighbours, key=lambda c: KEEP_PRIORITY[splits[c]]):
@@ -89,8 +106,3 @@ def drop_cross_split_overlaps(
         if any(keep[o] and KEEP_PRIORITY[splits[o]] < rank for o in neighbours[chip]):
             keep[chip] = False
     return keep
-
-
-def _pixels_overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when two end-exclusive pixel boxes share at least one pixel (not just an edge)."""
-    return bool(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])

@@ -40,8 +40,9 @@ GDAL_TYPE_NAMES: dict[str, str] = {
 def default_band_names(paths: Sequence[Path], counts: Sequence[int]) -> list[str]:
     """Name bands after their files, dropping the prefix all file names share.
 
-    ``s2_l3a_20210615_blue.tif, s2_l3a_20210615_red.tif`` become ``20210615_blue, 20210615_red``
-    (cut only at ``_``, ``-`` or ``.`` so that words stay whole); multi-band files add ``_bN``.
+    ``s2_l3a_20210615_blue.tif, s2_l3a_20210715_blue.tif`` become ``20210615_blue,
+    20210715_blue`` (cut only at ``_``, ``-`` or ``.`` so that words stay whole); multi-band
+    files add ``_bN``. Names that would clash or vanish keep the whole file name.
     """
     stems = [p.stem for p in paths]
     prefix = os.path.commonprefix(stems) if len(stems) > 1 else ""  # noqa: RUF071

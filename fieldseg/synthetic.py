@@ -5,15 +5,20 @@ or villages; the rest are divided into fields: parallel strips, recursive splits
 angles, or irregular (Voronoi) parcels. Some neighbours are separated by a 1-2 pixel road,
 track or hedge, many share an edge with no gap at all (the case where instance models merge
 fields). Lakes, woodlots and a river cut irregular holes. Each field gets a crop whose
-phenology sets its colour on each date, plus its own brightness, texture and noise.
+phenology sets its colour on each date, plus its own brightness, texture and noise; a mild blur
+mixes pixels at field edges.
 
 The truth polygons describe the ground, not the image: a field lying in the nodata border or
-under a cloud stays in the truth, as a surveyed parcel would. Every truth polygon covers at
-least :data:`MIN_FIELD_PIXELS` pixel centres (smaller pieces are merged into a neighbour they
-share an edge with, or left unlabelled), so that each one can be learned.
+under a cloud stays in the truth, as a surveyed parcel would (a model's targets should mask
+nodata, not the truth file). Every truth polygon covers at least :data:`MIN_FIELD_PIXELS`
+pixel centres (smaller pieces are merged into a neighbour they share an edge with, or left
+unlabelled), so that each one can be learned. Truth polygons are valid, single polygons and do
+not overlap; neighbours without a gap share their edge vertex for vertex.
 
-Everything is drawn from one :class:`numpy.random.Generator`, so a seed gives byte-identical
-pixels and identical polygons on a given installation.
+A seed gives byte-identical pixels and identical polygons on a given installation: the
+landscape, its paint and the image-wide noise come from three independent streams of one
+:class:`numpy.random.SeedSequence`, so drawing the noise in a background thread and painting
+bands in parallel does not change the result.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
@@ -372,20 +378,14 @@ def write_synthetic_scene(
 
     Raises:
         OutputExistsError: an output exists and ``overwrite`` is false.
-        ConfigError: unknown file types, or both paths are the same file.
+        ConfigError: the raster path is not a .tif, or the vector format is unknown.
     """
-    raster_path, fields_path = Path(raster_path), Path(fields_path)
-    if raster_path.suffix.lower() not in (".tif", ".tiff"):
-        raise ConfigError(f"the scene is written as a GeoTIFF; use a .tif path, not {raster_path}")
-    suffix = fields_path.suffix.lower()
-    if suffix not in VECTOR_DRIVERS and suffix != ".parquet":
-        known = ", ".join([*VECTOR_DRIVERS, ".parquet"])
-        raise ConfigError(f"cannot tell the vector format of {fields_path}; use one of {known}")
-    if raster_path.resolve() == fields_path.resolve():
-        raise ConfigError(f"the scene and its fields cannot both be written to {raster_path}")
-    check_output_path(raster_path, overwrite=overwrite)
-    check_output_path(fields_path, overwrite=overwrite)
-    with atomic_file(raster_path, overwrite=overwrite) as tmp:
+    _check_outputs(raster_path, fields_path, overwrite=overwrite)
+    # GDAL compresses the tiles on every core; the file is the same byte for byte
+    with (
+        atomic_file(raster_path, overwrite=overwrite) as tmp,
+        rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"),
+    ):
         write_geotiff(
             tmp,
             scene.data,
@@ -395,6 +395,21 @@ def write_synthetic_scene(
             band_names=scene.band_names,
         )
         write_vector(scene.fields, fields_path, layer="fields", overwrite=overwrite)
+
+
+def _check_outputs(
+    raster_path: str | os.PathLike[str], fields_path: str | os.PathLike[str], *, overwrite: bool
+) -> None:
+    """Refuse unknown formats and existing outputs (unless ``overwrite``) before any writing."""
+    raster_path, fields_path = Path(raster_path), Path(fields_path)
+    if raster_path.suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError(f"the scene is written as a GeoTIFF; use a .tif path, not {raster_path}")
+    suffix = fields_path.suffix.lower()
+    if suffix not in VECTOR_DRIVERS and suffix != ".parquet":
+        known = ", ".join([*VECTOR_DRIVERS, ".parquet"])
+        raise ConfigError(f"cannot tell the vector format of {fields_path}; use one of {known}")
+    check_output_path(raster_path, overwrite=overwrite)
+    check_output_path(fields_path, overwrite=overwrite)
 
 
 def synth(
@@ -414,9 +429,7 @@ def synth(
     Returns:
         The figures that make the scene hard.
     """
-    # refuse existing outputs before spending time on the scene
-    check_output_path(raster_path, overwrite=overwrite)
-    check_output_path(fields_path, overwrite=overwrite)
+    _check_outputs(raster_path, fields_path, overwrite=overwrite)  # before spending time
     scene = synthesize_scene(
         size, seed=seed, bands=bands, dates=dates, clouds=clouds, nodata_border=nodata_border
     )
@@ -561,14 +574,21 @@ def _area(ring: _Ring) -> float:
     return abs(total) / 2.0
 
 
-def _thickness(ring: _Ring) -> float:
-    """Rough width of a polygon: 2 x area / perimeter (the width of a long strip)."""
-    perimeter = 0.0
+def _area_and_thickness(ring: _Ring) -> tuple[float, float]:
+    """Area, and rough width (2 x area / perimeter: the width of a long strip)."""
+    total = perimeter = 0.0
     px, py = ring[-1]
     for x, y in ring:
+        total += px * y - x * py
         perimeter += math.hypot(x - px, y - py)
         px, py = x, y
-    return 2.0 * _area(ring) / max(perimeter, 1e-9)
+    area = abs(total) / 2.0
+    return area, 2.0 * area / max(perimeter, 1e-9)
+
+
+def _thickness(ring: _Ring) -> float:
+    """Rough width of a polygon: 2 x area / perimeter (the width of a long strip)."""
+    return _area_and_thickness(ring)[1]
 
 
 def _extent(ring: _Ring, nx: float, ny: float) -> tuple[float, float]:
@@ -603,11 +623,23 @@ def _long_axis(ring: _Ring) -> float:
 
 @dataclass
 class _Cut:
-    """The two sides of a straight cut through a convex ring, and the strip removed between."""
+    """The two sides of a straight cut through a convex ring; ``gap`` gives the strip between."""
 
     low: _Ring
     high: _Ring
-    gap: _Ring
+    ring: _Ring
+    normal: tuple[float, float]
+    offset: float
+    half_gap: float
+
+    @property
+    def gap(self) -> _Ring:
+        """The strip removed between the two sides (empty without a gap)."""
+        if self.half_gap <= 0:
+            return []
+        nx, ny = self.normal
+        upper = _clip(self.ring, nx, ny, self.offset - self.half_gap, False)
+        return _clip(upper, nx, ny, self.offset + self.half_gap, True) if upper else []
 
 
 def _cut(ring: _Ring, angle: float, offset: float, gap: float) -> _Cut:
@@ -621,10 +653,7 @@ def _cut(ring: _Ring, angle: float, offset: float, gap: float) -> _Cut:
     half = gap / 2.0
     low = _clip(ring, nx, ny, offset - half, True)
     high = _clip(ring, nx, ny, offset + half, False)
-    strip: _Ring = []
-    if gap > 0:
-        strip = _clip(_clip(ring, nx, ny, offset - half, False), nx, ny, offset + half, True)
-    return _Cut(low, high, strip)
+    return _Cut(low, high, ring, (nx, ny), offset, half)
 
 
 def _normal_extent(ring: _Ring, angle: float) -> tuple[float, float]:
@@ -702,9 +731,10 @@ class _Landscape:
 
     def build(self) -> _Layout:
         w, h = self.width_m, self.height_m
-        for block in self._blocks([(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]):
+        blocks = self._blocks([(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)])
+        for block in blocks:
             frame = _long_axis(block)
-            kind = self.rng.random()
+            kind = self.rng.random() if len(blocks) >= 3 else 1.0  # tiny scenes: all farmland
             if kind < 0.09:
                 self.layout.add_cover(block, _FOREST)
             elif kind < 0.13 and _area(block) < 600_000:
@@ -823,11 +853,10 @@ class _Landscape:
             self._voronoi(block, median_m2, p_gap, gap_class)
 
     def _ok(self, ring: _Ring) -> bool:
-        return (
-            len(ring) >= 3
-            and _area(ring) >= self.min_field_m2
-            and _thickness(ring) >= self.min_thickness_m
-        )
+        if len(ring) < 3:
+            return False
+        area, thickness = _area_and_thickness(ring)
+        return area >= self.min_field_m2 and thickness >= self.min_thickness_m
 
     def _gap(self, p_gap: float) -> float:
         return self.rng.uniform(10.5, 20.0) if self.rng.random() < p_gap else 0.0
@@ -1007,26 +1036,39 @@ def _burn(
 
 
 def _cut_out(fields: np.ndarray, holes: BaseGeometry) -> np.ndarray:
-    """Remove lakes, woods and rivers from the fields; pieces left apart become fields."""
+    """Remove lakes, woods and rivers from the fields; pieces left apart become fields.
+
+    Each field is differenced only with the parts of ``holes`` it meets, which is much faster
+    than with the whole union.
+    """
     if holes.is_empty or len(fields) == 0:
         return fields
     parts = shapely.get_parts(holes)
-    hit = np.unique(shapely.STRtree(fields).query(parts, predicate="intersects")[1])
-    if hit.size == 0:
+    part_index, field_index = shapely.STRtree(fields).query(parts, predicate="intersects")
+    if field_index.size == 0:
         return fields
+    order = np.argsort(field_index, kind="stable")
+    part_index, field_index = part_index[order], field_index[order]
+    hit, starts = np.unique(field_index, return_index=True)
+    local = np.array(
+        [
+            shapely.multipolygons(parts[group]) if len(group) > 1 else parts[group[0]]
+            for group in np.split(part_index, starts[1:])
+        ]
+    )
     keep = np.ones(len(fields), dtype=bool)
     keep[hit] = False
-    pieces = _polygon_parts(shapely.difference(fields[hit], holes))
+    pieces = _polygon_parts(shapely.difference(fields[hit], local))
     return np.concatenate([fields[keep], pieces])
 
 
-def _merge(field: BaseGeometry, piece: BaseGeometry) -> Polygon | None:
+def _merge(target: BaseGeometry, piece: BaseGeometry) -> Polygon | None:
     """Union of a field and a piece sharing an edge, or None if that is not one polygon.
 
     The union is exact (no snapping, which would move vertices shared with other neighbours);
     pinholes left by floating-point noise along the shared edge are filled.
     """
-    union = shapely.union(field, piece)
+    union = shapely.union(target, piece)
     if not isinstance(union, Polygon):
         return None
     if union.interiors:
@@ -1401,10 +1443,12 @@ def _render(
     mult *= np.take(tables["gain"], units)
 
     def per_date(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # vigour varies the green cover in proportion: bare soil stays bare
         green = noise.green[d] * 0.3
         green *= vigour_amp
         green += vigour
-        green += np.take(tables["green"][:, d], units)
+        green += 1.0
+        green *= np.take(tables["green"][:, d], units)
         np.clip(green, 0.0, 1.0, out=green)
         bare = 1.0 - green
         date_mult = np.take(tables["row_amp"][:, d], units)

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import math
 import os
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import shapely
-from affine import Affine
 from pycocotools import mask as mask_utils
 from rasterio.io import DatasetReader
 from rasterio.transform import array_bounds
@@ -54,15 +53,20 @@ from fieldseg.raster_io import (
     transform_to_json,
     write_geotiff,
 )
-from fieldseg.rasterization import rasterize_labels_in_strips
-from fieldseg.splits import assign_blocks, drop_cross_split_overlaps, parse_fractions
+from fieldseg.rasterization import count_pixels, rasterize_labels_in_strips
+from fieldseg.splits import (
+    assign_blocks,
+    block_keys,
+    drop_cross_split_overlaps,
+    parse_fractions,
+)
 from fieldseg.vector_io import read_area_of_interest
 
 logger = logging.getLogger(__name__)
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
-#: Field pixels are counted this far (in pixels) beyond the scene edge, to know which pieces
-#: the scene edge cuts without rasterising fields that reach far beyond the scene.
+#: The label grid of a scene reaches this many pixels beyond the scene edge; fields reaching
+#: further are counted one by one (see _SceneLabels).
 PIXEL_COUNT_MARGIN = 8
 
 
@@ -139,8 +143,10 @@ class _SceneLabels:
 
     Pixel ``(row, col)`` of the scene holds ``i + 1`` for field row ``i`` (0: no field). The
     grid reaches :data:`PIXEL_COUNT_MARGIN` pixels beyond the scene (and over the padding of a
-    scene smaller than a chip), so that a field cut by the scene edge is known to be cut.
-    Rasterising once, instead of once per chip, burns each field once however many chips see it.
+    scene smaller than a chip). ``field_pixels`` counts each field's pixels on the whole,
+    unbounded grid, so a piece cut by the scene edge is known to be a piece and its share of the
+    field is exact. Rasterising once, instead of once per chip, burns each field once however
+    many chips see it.
     """
 
     def __init__(self, scene: _Scene, chip_size: int, workdir: Path) -> None:
@@ -148,10 +154,14 @@ class _SceneLabels:
         shape = (max(info.height, chip_size) + 2 * margin, max(info.width, chip_size) + 2 * margin)
         self._path = workdir / f".labels-{scene.scene_id}.npy"
         self._labels = np.lib.format.open_memmap(self._path, mode="w+", dtype=np.int32, shape=shape)
-        origin = info.transform * Affine.translation(-margin, -margin)
+        origin = window_transform(Window(-margin, -margin, 1, 1), info.transform)
         self.field_pixels = rasterize_labels_in_strips(
             scene.geometries, transform=origin, out=self._labels
         )
+        # fields reaching past the margin: count their whole extent, beyond the label grid
+        grid_box = shapely.box(*array_bounds(*shape, origin))
+        for index in np.flatnonzero(~shapely.within(scene.geometries, grid_box)):
+            self.field_pixels[index] = count_pixels(scene.geometries[index], info.transform)
 
     def chip(self, window: Window) -> np.ndarray:
         """A writable copy of the labels under ``window``."""
@@ -251,9 +261,12 @@ def tile_scenes(
         scenes, field_labels, nodata, chip_size, overlap, mode, label_extent, output
     )
     summary.labels = field_labels
+    # splits are decided in the first scene's CRS and pixel size, shared by every scene
+    pixel_side = float(np.sqrt(abs(prepared[0].info.transform.determinant)))
     if fractions is not None and block_size is None:
         windows = [(i, w) for i, scene in enumerate(prepared) for w in scene.windows]
-        block_size = default_block_size(windows, chip_size, stride, fractions)
+        centres = shapely.get_coordinates(shapely.centroid(_footprints(prepared, windows)))
+        block_size = default_block_size(centres / pixel_side, chip_size, stride, fractions)
     first = prepared[0].info
     sliver_rule = SliverRule(min_pixels=min_piece_pixels, min_share=min_piece_share)
 
@@ -275,23 +288,14 @@ def tile_scenes(
                 f"no chip was written: all {summary.candidate_chips} candidate chips have more "
                 f"than {max_nodata:.0%} nodata or hold no drawn field"
             )
-        boxes = np.array(
-            [
-                (c.window.col_off, c.window.row_off, c.window.col_off + chip_size,
-                 c.window.row_off + chip_size)
-                for c in chips
-            ],
-            dtype=np.int64,
-        )  # fmt: skip
+        footprints = _footprints(prepared, [(c.scene, c.window) for c in chips])
         if fractions is not None:
-            centres = (boxes[:, :2] + boxes[:, 2:]) // 2 // block_size
-            blocks = [
-                (c.scene, *map(int, centre)) for c, centre in zip(chips, centres, strict=True)
-            ]
+            centres = shapely.get_coordinates(shapely.centroid(footprints))
+            blocks = block_keys(centres, block_size * pixel_side)
             splits = assign_blocks(blocks, fractions, seed)
         else:
             splits = np.array([_majority_split(c) for c in chips], dtype=object)
-        keep = drop_cross_split_overlaps([c.scene for c in chips], boxes, splits)
+        keep = drop_cross_split_overlaps(footprints, splits, min_overlap_area=0.5 * pixel_side**2)
         summary.dropped_split_overlap = int((~keep).sum())
         for chip, chip_split, kept in zip(chips, splits, keep, strict=True):
             chip.split = chip_split
@@ -302,7 +306,11 @@ def tile_scenes(
         train_samples = [c.sample for c in chips if c.split == "train"]
         statistics = combine_statistics(train_samples, first.band_names)
         if not statistics:
-            raise InputFileError("the train split holds no valid pixel; check --split and nodata")
+            raise InputFileError(
+                "the train split holds no chip with valid pixels after "
+                f"{summary.dropped_split_overlap} chips were dropped at split borders: give "
+                "train a larger --split share, or a larger --block-size"
+            )
 
         categories = [
             {"id": i, "name": n, "supercategory": "field"} for n, i in category_ids.items()
@@ -381,10 +389,7 @@ def tile_scenes(
 
 
 def default_block_size(
-    windows: Sequence[tuple[Hashable, Window]],
-    chip_size: int,
-    stride: int,
-    fractions: dict[str, float],
+    centres: np.ndarray, chip_size: int, stride: int, fractions: dict[str, float]
 ) -> int:
     """Split block side: four chips, halved (down to two strides) until there are blocks enough.
 
@@ -393,7 +398,7 @@ def default_block_size(
     borders (see :func:`fieldseg.splits.drop_cross_split_overlaps`) a minority.
 
     Args:
-        windows: ``(scene key, window)`` of every candidate chip.
+        centres: (n, 2) centres of the candidate chips, in pixels of the shared grid.
         chip_size: chip side in pixels.
         stride: chip side less the overlap.
         fractions: requested split fractions.
@@ -401,15 +406,26 @@ def default_block_size(
     smallest = min(f for f in fractions.values() if f > 0)
     wanted = math.ceil(5 / smallest)
     size = 4 * chip_size
-    while size > 2 * stride:
-        blocks = {
-            (key, int(w.col_off + w.width / 2) // size, int(w.row_off + w.height / 2) // size)
-            for key, w in windows
-        }
-        if len(blocks) >= wanted:
-            break
+    while size > 2 * stride and len(set(block_keys(centres, size))) < wanted:
         size = max(2 * stride, size // 2)
     return size
+
+
+def _footprints(scenes: list[_Scene], chips: Sequence[tuple[int, Window]]) -> np.ndarray:
+    """In-scene footprints of ``(scene index, window)`` chips in the first scene's CRS."""
+    out = np.empty(len(chips), dtype=object)
+    reference = scenes[0].info.crs
+    by_scene: dict[int, list[int]] = {}
+    for i, (scene, _) in enumerate(chips):
+        by_scene.setdefault(scene, []).append(i)
+    for scene, indices in by_scene.items():
+        info = scenes[scene].info
+        boxes = gpd.GeoSeries([_window_box(info, chips[i][1]) for i in indices], crs=info.crs)
+        if info.crs != reference:
+            side = max(info.pixel_size) * 8  # densify edges so they bend as they reproject
+            boxes = boxes.segmentize(side).to_crs(reference)
+        out[indices] = boxes.to_numpy()
+    return out
 
 
 def _prepare_scenes(
@@ -700,7 +716,12 @@ def _warn_small_splits(summary: TileSummary, fractions: dict[str, float] | None)
         if got == 0 and (wanted is None or wanted > 0):
             summary.warnings.append(
                 f"the {name} split got no chips"
-                + (f" (asked for {wanted:.0%}); try a smaller --block-size" if wanted else "")
+                + (
+                    f" (asked for {wanted:.0%}): too few split blocks; a smaller --block-size "
+                    "or --chip-size, or a larger scene, gives more"
+                    if wanted
+                    else ""
+                )
             )
         elif 0 < got < 5 and name != "train":
             summary.warnings.append(f"the {name} split has only {got} chips: figures will be noisy")

@@ -53,12 +53,11 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 @click.option("-v", "--verbose", count=True, help="Show debugging detail.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
 def main(verbose: int, quiet: bool) -> None:
-    r"""Find every agricultural field in satellite imagery as its own polygon.
+    """Find every agricultural field in satellite imagery as its own polygon.
 
-    \b
-    fieldseg synth   generate a labelled synthetic scene (tests, demos, benchmarks)
-    fieldseg stack   single-band files -> one multi-band scene (VRT)
-    fieldseg tile    scenes + field polygons -> chips + georeferenced COCO + splits
+    Typical order: `stack` band files into one scene, `tile` labelled scenes into a training
+    set; `synth` makes a labelled synthetic scene for trying things out. Run
+    `fieldseg COMMAND --help` for each command's options.
     """
     from fieldseg.progress import set_progress_enabled
 

@@ -1,0 +1,369 @@
+"""The command line: help and version, stack and tile end to end, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner, Result
+from conftest import (
+    BAND_NAMES,
+    CHIP,
+    FIELDS,
+    OVERLAP,
+    SceneFixture,
+    check_against_truth,
+    px_box,
+    read_dataset,
+    write_labels,
+    write_scene,
+)
+
+import fieldseg
+import fieldseg.tiling
+from fieldseg.cli import main
+
+TILE = ["--chip-size", str(CHIP), "--overlap", str(OVERLAP)]
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def stdout_of(result: Result) -> str:
+    return getattr(result, "stdout", result.output)
+
+
+def stderr_of(result: Result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # click < 8.2 without separate stderr
+        return result.output
+
+
+def assert_user_error(result: Result, *fragments: str) -> str:
+    """Exit 1, exactly one 'Error: ...' line on stderr holding ``fragments``, no traceback."""
+    err = stderr_of(result)
+    assert result.exit_code == 1, (result.exit_code, result.output, err, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+# --------------------------------------------------------------------------------------------
+# help and version
+# --------------------------------------------------------------------------------------------
+def test_main_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("synth", "stack", "tile"):
+        assert command in result.output
+    for option in ("--version", "--verbose", "--quiet", "--help"):
+        assert option in result.output
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"fieldseg, version {fieldseg.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        (
+            "tile",
+            [
+                "--labels",
+                "--output",
+                "--chip-size",
+                "--overlap",
+                "--split",
+                "--split-column",
+                "--block-size",
+                "--class-column",
+                "--label-extent",
+                "--sparse",
+                "--max-nodata",
+                "--nodata",
+                "--compress",
+                "--seed",
+                "--overwrite",
+            ],
+        ),
+        ("stack", ["--output", "--band-names", "--overwrite"]),
+        ("synth", ["--fields", "--size", "--seed", "--bands", "--dates", "--clouds"]),
+    ],
+)
+def test_command_help(command: str, options: list[str]) -> None:
+    result = run(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert f"Usage: main {command}" in result.output or f"{command} [OPTIONS]" in result.output
+    for option in options:
+        assert option in result.output, option
+
+
+def test_python_dash_m_and_fast_help() -> None:
+    """`python -m fieldseg --help` works, without importing the heavy libraries."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fieldseg", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tile" in result.stdout and "stack" in result.stdout
+    probe = (
+        "import sys; from fieldseg.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('rasterio', 'geopandas', 'torch', 'shapely') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    probe_run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert probe_run.returncode == 0, probe_run.stderr
+    assert "HEAVY []" in probe_run.stdout
+
+
+def test_missing_required_option_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("tile", tmp_path / "scene.tif", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "Missing option '--labels'" in stderr_of(result)
+
+
+# --------------------------------------------------------------------------------------------
+# stack
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def band_files(tmp_path: Path, scene_data: np.ndarray) -> list[Path]:
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    return [
+        write_scene(folder / f"t_{name}.tif", scene_data[i : i + 1], band_names=None)
+        for i, name in enumerate(BAND_NAMES)
+    ]
+
+
+def test_stack_cli(tmp_path: Path, band_files: list[Path], scene_data: np.ndarray) -> None:
+    out = tmp_path / "scene.vrt"
+    result = run("stack", *reversed(band_files), "-o", out, "--band-names", "n, r,g,b")
+    assert result.exit_code == 0, stderr_of(result)
+    assert f"wrote {out}" in stdout_of(result)
+    with rasterio.open(out) as src:
+        assert src.descriptions == ("n", "r", "g", "b")
+        assert np.array_equal(src.read(), scene_data[::-1])
+
+
+def test_stack_cli_logging_levels(tmp_path: Path, band_files: list[Path]) -> None:
+    loud = run("stack", *band_files, "-o", tmp_path / "a.vrt")
+    assert loud.exit_code == 0
+    assert "stacked 4 bands from 4 files" in stderr_of(loud)
+    quiet = run("-q", "stack", *band_files, "-o", tmp_path / "b.vrt")
+    assert quiet.exit_code == 0
+    assert "stacked" not in stderr_of(quiet)
+
+
+def test_stack_cli_errors(tmp_path: Path, band_files: list[Path], scene_data: np.ndarray) -> None:
+    odd = write_scene(tmp_path / "bands" / "odd.tif", scene_data[:1, :, :-1], band_names=None)
+    assert_user_error(run("stack", *band_files, odd, "-o", tmp_path / "s.vrt"), "odd.tif", "size")
+    assert_user_error(run("stack", *band_files, "-o", tmp_path / "s.tif"), "*.vrt")
+    assert_user_error(
+        run("stack", *band_files, "-o", tmp_path / "s.vrt", "--band-names", "a,b"),
+        "2 band names given for 4 bands",
+    )
+    assert_user_error(
+        run("stack", *band_files, tmp_path / "nope.tif", "-o", tmp_path / "s.vrt"),
+        "raster not found",
+        "nope.tif",
+    )
+    (tmp_path / "s.vrt").write_text("x")
+    assert_user_error(run("stack", *band_files, "-o", tmp_path / "s.vrt"), "--overwrite")
+    assert run("stack", *band_files, "-o", tmp_path / "s.vrt", "--overwrite").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bands", "s.vrt"]
+
+
+# --------------------------------------------------------------------------------------------
+# tile
+# --------------------------------------------------------------------------------------------
+def test_tile_cli(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    out = tmp_path / "ds"
+    result = run(
+        "tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", out, *TILE,
+        "--split", "1,0,0",
+    )  # fmt: skip
+    assert result.exit_code == 0, stderr_of(result)
+    stdout = stdout_of(result)
+    assert f"dataset: {out}" in stdout
+    assert "chips written: 9 of 9 candidates: train 9 chips (100.0%, 27 instances)" in stdout
+    assert "11 fields kept of 11 read" in stdout
+    assert "2 clipped slivers" in stdout or "slivers dropped (and ignored): 2" in stdout
+    ds = read_dataset(out)
+    assert len(ds.images) == 9
+    check_against_truth(ds, basic_scene.truth)
+
+
+def test_tile_cli_small_splits_warn(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    out = tmp_path / "ds"
+    result = run(
+        "tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", out, *TILE,
+        "--block-size", "512",
+    )  # fmt: skip
+    assert result.exit_code == 0, stderr_of(result)
+    assert "the val split got no chips" in stderr_of(result)  # a warning, not a failure
+    assert "the test split got no chips" in stderr_of(result)
+    assert "Error" not in stderr_of(result)
+
+
+def test_tile_cli_sparse_and_options(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    labels = write_labels(
+        tmp_path / "drawn.gpkg",
+        [FIELDS["holed"], FIELDS["pentagon"]],
+        columns={"crop": ["wheat", "maize"]},
+    )
+    out = tmp_path / "ds"
+    result = run(
+        "-q", "tile", basic_scene.scene, "--labels", labels, "-o", out, *TILE, "--sparse",
+        "--class-column", "crop", "--split", "1,0,0", "--seed", "3", "--compress", "lzw",
+    )  # fmt: skip
+    assert result.exit_code == 0, stderr_of(result)
+    ds = read_dataset(out)
+    assert ds.description["label_mode"] == "sparse"
+    assert [c["name"] for c in ds.description["categories"]] == ["maize", "wheat"]
+    assert ds.description["split_method"]["seed"] == 3
+    check_against_truth(ds, {1: FIELDS["holed"], 2: FIELDS["pentagon"]}, sparse=True)
+    with rasterio.open(out / ds.images[0].entry["file_name"]) as src:
+        assert src.compression.name.lower() == "lzw"
+
+
+def test_tile_cli_nodata_option(tmp_path: Path, scene_data: np.ndarray) -> None:
+    data = scene_data.copy()
+    data[:, :, :200] = 0
+    scene = write_scene(tmp_path / "s.tif", data)
+    labels = write_labels(tmp_path / "f.gpkg", [FIELDS["holed"], FIELDS["scene_edge"]])
+    out = tmp_path / "ds"
+    result = run(
+        "tile", scene, "--labels", labels, "-o", out, *TILE, "--nodata", "0",
+        "--max-nodata", "0.3", "--split", "1,0,0",
+    )  # fmt: skip
+    assert result.exit_code == 0, stderr_of(result)
+    ds = read_dataset(out)
+    assert ds.description["nodata"] == 0
+    # chips at columns 0 and 96 are > 30 % nodata; only column 172 stays
+    assert {im.col_off for im in ds.images} == {172}
+    assert "6 too much nodata" in stdout_of(result)
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path, scene_data: np.ndarray) -> dict[str, Path]:
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"\x00\x01garbage" * 200)
+    return {
+        "garbage": garbage,
+        "no_crs": write_scene(tmp_path / "no_crs.tif", scene_data, crs=None),
+        "labels_no_crs": write_labels(tmp_path / "l_no_crs.shp", [FIELDS["rect_a"]], crs=None),
+        "far": write_labels(tmp_path / "far.gpkg", [px_box(5000, 5000, 5030, 5030)]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "fragments"),
+    [
+        ("missing_scene", ["raster not found", "missing.tif"]),
+        ("missing_labels", ["vector file not found", "missing.gpkg"]),
+        ("garbage", ["cannot read raster", "garbage.tif"]),
+        ("no_crs", ["no_crs.tif has no CRS"]),
+        ("labels_no_crs", ["l_no_crs.shp has no CRS"]),
+        ("far", ["labels do not overlap the raster"]),
+        ("overlap", ["overlap (128) must be smaller than the chip size (128)"]),
+        ("class_column", ["--class-column 'crop' is not a column"]),
+        ("split_column", ["--split-column 'fold' is not a column"]),
+        ("both_modes", ["--label-extent and --sparse are exclusive"]),
+        ("bad_split", ["--split expects three"]),
+    ],
+)
+def test_tile_cli_bad_input(
+    tmp_path: Path,
+    basic_scene: SceneFixture,
+    bad_inputs: dict[str, Path],
+    case: str,
+    fragments: list[str],
+) -> None:
+    scene, labels = basic_scene.scene, basic_scene.labels
+    extra: list[str | Path] = [*TILE]
+    if case == "missing_scene":
+        scene = tmp_path / "missing.tif"
+    elif case == "missing_labels":
+        labels = tmp_path / "missing.gpkg"
+    elif case in ("garbage", "no_crs"):
+        scene = bad_inputs[case]
+    elif case in ("labels_no_crs", "far"):
+        labels = bad_inputs[case]
+    elif case == "overlap":
+        extra = ["--chip-size", "128", "--overlap", "128"]
+    elif case == "class_column":
+        extra += ["--class-column", "crop"]
+    elif case == "split_column":
+        extra += ["--split-column", "fold"]
+    elif case == "both_modes":
+        extra += ["--sparse", "--label-extent", labels]
+    elif case == "bad_split":
+        extra += ["--split", "0.5,0.5"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run("tile", scene, "--labels", labels, "-o", tmp_path / "out", *extra)
+    assert_user_error(result, *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temp dir
+
+
+def test_tile_cli_output_exists_and_overwrite(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "x").write_text("x")
+    args = ["tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", out, *TILE]
+    assert_user_error(run(*args), "not empty", "--overwrite")
+    assert (out / "x").exists()
+    result = run(*args, "--overwrite")
+    assert result.exit_code == 0, stderr_of(result)
+    assert not (out / "x").exists() and (out / "dataset.json").exists()
+
+
+def test_tile_cli_ctrl_c_leaves_nothing(
+    tmp_path: Path,
+    basic_scene: SceneFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    listing: Callable[[Path], list[str]],
+) -> None:
+    real = fieldseg.tiling.write_geotiff
+    written: list[int] = []
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(1)
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fieldseg.tiling, "write_geotiff", interrupted)
+    parent = tmp_path / "p"
+    parent.mkdir()
+    result = run("tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", parent / "o")
+    assert result.exit_code == 130
+    assert "Interrupted; no partial output was left behind." in stderr_of(result)
+    assert "Traceback" not in stderr_of(result)
+    assert listing(parent) == []
+
+
+def test_tile_cli_writes_loadable_json(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    out = tmp_path / "ds"
+    assert (
+        run("-q", "tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", out).exit_code
+        == 0
+    )
+    for name in ("dataset.json", "train.json", "val.json", "test.json"):
+        json.loads((out / name).read_text())
