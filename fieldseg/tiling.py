@@ -306,10 +306,11 @@ def tile_scenes(
         train_samples = [c.sample for c in chips if c.split == "train"]
         statistics = combine_statistics(train_samples, first.band_names)
         if not statistics:
+            dropped = summary.dropped_split_overlap
             raise InputFileError(
-                "the train split holds no chip with valid pixels after "
-                f"{summary.dropped_split_overlap} chips were dropped at split borders: give "
-                "train a larger --split share, or a larger --block-size"
+                "the train split holds no valid pixel"
+                + (f" ({dropped} chips were dropped at split borders)" if dropped else "")
+                + ": give train a larger --split share or use larger split blocks"
             )
 
         categories = [
