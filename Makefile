@@ -34,7 +34,7 @@ demo: venv
 	$(FIELDSEG) synth -o $(DEMO_DIR)/train_scene.tif --fields $(DEMO_DIR)/train_fields.gpkg \
 		--size 1024 --seed $(DEMO_SEED)
 	$(FIELDSEG) tile $(DEMO_DIR)/train_scene.tif --labels $(DEMO_DIR)/train_fields.gpkg \
-		-o $(DEMO_DIR)/dataset --chip-size 256 --overlap 64 --seed $(DEMO_SEED)
+		-o $(DEMO_DIR)/dataset --chip-size 128 --overlap 32 --seed $(DEMO_SEED)
 	@echo "demo: dataset written to $(DEMO_DIR)/dataset (train, predict and evaluate arrive with later issues)"
 
 bench: venv

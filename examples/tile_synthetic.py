@@ -19,6 +19,7 @@ from fieldseg.tiling import tile_scenes
 
 
 def main(out: Path) -> None:
+    """Synthesise, tile and describe the dataset in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     scene, truth = out / "scene.tif", out / "truth.gpkg"
     difficulty = synth(scene, truth, size=768, seed=3, bands=4, dates=2, overwrite=True)

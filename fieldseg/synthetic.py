@@ -39,7 +39,6 @@ import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
-from rasterio import features
 from rasterio.crs import CRS
 from shapely.geometry import MultiPoint, Polygon, box
 from shapely.geometry.base import BaseGeometry
@@ -47,6 +46,7 @@ from shapely.geometry.base import BaseGeometry
 from fieldseg.atomic_output import atomic_file, check_output_path
 from fieldseg.errors import ConfigError
 from fieldseg.raster_io import write_geotiff
+from fieldseg.rasterization import geojson_shapes, rasterize_shapes
 from fieldseg.vector_io import VECTOR_DRIVERS, write_vector
 
 logger = logging.getLogger("fieldseg")
@@ -315,7 +315,9 @@ def synthesize_scene(
         paint_rng = np.random.default_rng(paint_seed)
         crop_ids, gain, shift = _assign_crops(paint_rng, n_fields, touching)
         cover_values = np.arange(n_fields + 1, n_fields + 1 + len(covers))
-        units = _burn(_as_shapes(covers), cover_values, transform, shape)
+        units = rasterize_shapes(
+            geojson_shapes(covers), cover_values, transform=transform, shape=shape
+        )
         np.copyto(units, ids, where=ids > 0)
         del ids
         noise = noise_job.result()
@@ -988,53 +990,6 @@ class _Landscape:
 # truth on the pixel grid and the difficulty figures
 
 
-def _geojson_polygons(geoms: np.ndarray) -> list[dict[str, object]]:
-    """Polygons as GeoJSON-like dicts, built in bulk (much faster for rasterio than shapely)."""
-    if len(geoms) == 0:
-        return []
-    _, coords, (ring_array, poly_array) = shapely.to_ragged_array(geoms)
-    points = coords.tolist()
-    ring_offsets, poly_offsets = ring_array.tolist(), poly_array.tolist()
-    return [
-        {
-            "type": "Polygon",
-            "coordinates": [
-                points[ring_offsets[r] : ring_offsets[r + 1]]
-                for r in range(poly_offsets[g], poly_offsets[g + 1])
-            ],
-        }
-        for g in range(len(geoms))
-    ]
-
-
-def _as_shapes(geoms: np.ndarray) -> list[object]:
-    """Geometries for rasterio: polygons as bulk-built GeoJSON dicts, others as they are."""
-    shapes: list[object] = list(geoms)
-    polygons = np.flatnonzero(shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON)
-    for index, shape in zip(polygons, _geojson_polygons(geoms[polygons]), strict=True):
-        shapes[index] = shape
-    return shapes
-
-
-def _burn(
-    shapes: list[dict[str, object]] | list[object],
-    values: np.ndarray,
-    transform: Affine,
-    shape: tuple[int, int],
-) -> np.ndarray:
-    """Rasterise by pixel centres (the project-wide rule); later geometries win."""
-    if len(shapes) == 0:
-        return np.zeros(shape, dtype=np.int32)
-    return features.rasterize(
-        zip(shapes, values.tolist(), strict=True),
-        out_shape=shape,
-        transform=transform,
-        fill=0,
-        all_touched=False,
-        dtype="int32",
-    )
-
-
 def _cut_out(fields: np.ndarray, holes: BaseGeometry) -> np.ndarray:
     """Remove lakes, woods and rivers from the fields; pieces left apart become fields.
 
@@ -1088,10 +1043,12 @@ def _enforce_min_pixels(
         The fields kept, and their id image (1-based positions in the returned array).
     """
     geoms = geoms[~shapely.is_empty(geoms) & (shapely.area(geoms) > 0)]
-    shapes = _geojson_polygons(geoms)
+    shapes = geojson_shapes(geoms)
     tol = 1e-2
     for _ in range(4):
-        ids = _burn(shapes, np.arange(1, len(geoms) + 1), transform, shape)
+        ids = rasterize_shapes(
+            shapes, np.arange(1, len(geoms) + 1), transform=transform, shape=shape
+        )
         counts = np.bincount(ids.ravel(), minlength=len(geoms) + 1)[1:]
         thin = 2 * shapely.area(geoms) / shapely.length(geoms) < 1.5 * pixel_size
         small = np.flatnonzero((counts < MIN_FIELD_PIXELS) | thin)
@@ -1121,18 +1078,20 @@ def _enforce_min_pixels(
         kept = [k for k, g in enumerate(merged) if g is not None]
         fresh = sorted(changed)
         fresh_shapes = dict(
-            zip(fresh, _geojson_polygons(np.array([merged[k] for k in fresh])), strict=True)
+            zip(fresh, geojson_shapes(np.array([merged[k] for k in fresh])), strict=True)
         )
         shapes = [fresh_shapes.get(k, shapes[k]) for k in kept]
         geoms = np.array([merged[k] for k in kept], dtype=object)
-    ids = _burn(shapes, np.arange(1, len(geoms) + 1), transform, shape)
+    ids = rasterize_shapes(shapes, np.arange(1, len(geoms) + 1), transform=transform, shape=shape)
     counts = np.bincount(ids.ravel(), minlength=len(geoms) + 1)[1:]
     keep = counts >= MIN_FIELD_PIXELS
     if keep.all():
         return geoms, ids
     geoms = geoms[keep]
     shapes = [sh for sh, k in zip(shapes, keep, strict=True) if k]
-    return geoms, _burn(shapes, np.arange(1, len(geoms) + 1), transform, shape)
+    return geoms, rasterize_shapes(
+        shapes, np.arange(1, len(geoms) + 1), transform=transform, shape=shape
+    )
 
 
 def _pixel_adjacency(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
