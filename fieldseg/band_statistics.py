@@ -38,14 +38,16 @@ class PixelSample:
         cls, data: np.ndarray, valid: np.ndarray, rng: np.random.Generator, max_sample: int = 2048
     ) -> PixelSample:
         """Summarise the ``valid`` pixels of a (bands, rows, cols) chip."""
-        pixels = data[:, valid].astype(np.float64)  # (bands, n)
+        bands = data.shape[0]
+        chosen = data.reshape(bands, -1) if valid.all() else data[:, valid]
+        pixels = chosen.astype(np.float64)  # (bands, n)
         count = pixels.shape[1]
         if count > max_sample:
             pick = rng.choice(count, size=max_sample, replace=False)
             sample = pixels[:, pick].T
         else:
             sample = pixels.T
-        return cls(pixels.sum(axis=1), (pixels**2).sum(axis=1), count, sample)
+        return cls(pixels.sum(axis=1), np.einsum("ij,ij->i", pixels, pixels), count, sample)
 
 
 def weighted_percentiles(

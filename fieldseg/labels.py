@@ -162,6 +162,9 @@ def resolve_overlaps(fields: gpd.GeoDataFrame, *, min_overlap_share: float = 1e-
     left, right = tree.query(geometries, predicate="intersects")
     pairs = left < right
     left, right = left[pairs], right[pairs]
+    # neighbours that only share an edge are the common case: skip computing their intersection
+    inside = ~shapely.touches(geometries[left], geometries[right])
+    left, right = left[inside], right[inside]
     if len(left) == 0:
         return 0
     overlap = shapely.area(shapely.intersection(geometries[left], geometries[right]))

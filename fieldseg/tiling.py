@@ -28,7 +28,7 @@ from fieldseg import __version__
 from fieldseg.atomic_output import atomic_directory, check_output_path
 from fieldseg.band_statistics import PixelSample, combine_statistics
 from fieldseg.chip_grid import check_chip_geometry, chip_windows
-from fieldseg.coco_format import encode_rle, rle_to_json, write_coco
+from fieldseg.coco_format import encode_label_image, encode_rle, rle_to_json, write_coco
 from fieldseg.dataset_description import (
     DESCRIPTION_FILE,
     Category,
@@ -604,41 +604,33 @@ def _annotate(
     label = labels.chip(window)  # field row + 1, 0 where no field
     label[~valid] = 0
     ignore = (label == 0) if sparse else np.zeros(shape, dtype=bool)
-    # group pixel indices by label once (column-major, as RLE wants) instead of comparing the
-    # whole chip with every label: chips of small fields hold hundreds of pieces
-    flat = np.asfortranarray(label).ravel(order="K")
-    order = np.argsort(flat, kind="stable")
-    ordered = flat[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(ordered)]
-    pieces: list[dict[str, Any]] = []
-    for start, end in zip(starts, ends, strict=True):
-        if ordered[start] == 0:
-            continue
-        index = int(ordered[start]) - 1
-        pixels = int(end - start)
-        total = int(labels.field_pixels[index])
-        mask = np.zeros(shape, dtype=bool, order="F")
-        mask.ravel(order="K")[order[start:end]] = True
-        truncated = pixels < total
-        sliver = truncated and (
-            pixels < sliver_rule.min_pixels or pixels < sliver_rule.min_share * total
+    values, rles, pixels = encode_label_image(label)
+    if not rles:
+        return [], (encode_rle(ignore) if ignore.any() else None)
+    indices = values - 1
+    totals = labels.field_pixels[indices]
+    truncated = pixels < totals
+    slivers = truncated & (
+        (pixels < sliver_rule.min_pixels) | (pixels < sliver_rule.min_share * totals)
+    )
+    if slivers.any():
+        ignore |= np.isin(label, values[slivers])
+    boxes = mask_utils.toBbox(rles).tolist()
+    pieces = [
+        {
+            "field_id": int(scene.field_ids[index]),
+            "category_id": category_ids[scene.categories[index]],
+            "segmentation": rle,
+            "area": int(area),
+            "bbox": box,
+            "truncated": bool(cut),
+            "split": scene.splits[index] if scene.splits is not None else None,
+            "sliver": bool(sliver),
+        }
+        for index, rle, area, box, cut, sliver in zip(
+            indices.tolist(), rles, pixels, boxes, truncated, slivers, strict=True
         )
-        if sliver:
-            ignore |= mask
-        rle = encode_rle(mask)
-        pieces.append(
-            {
-                "field_id": int(scene.field_ids[index]),
-                "category_id": category_ids[scene.categories[index]],
-                "segmentation": rle,
-                "area": pixels,
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "truncated": bool(truncated),
-                "split": scene.splits[index] if scene.splits is not None else None,
-                "sliver": bool(sliver),
-            }
-        )
+    ]
     ignore_rle = encode_rle(ignore) if ignore.any() else None
     return pieces, ignore_rle
 
