@@ -1,7 +1,9 @@
 """Write outputs so that a failure or Ctrl-C never leaves a half-written file behind.
 
 Every output is first written under a temporary name beside its final path and renamed into
-place only when complete. An existing output is refused unless ``overwrite`` is set.
+place only when complete. An existing output is refused unless ``overwrite`` is set, and even
+then a directory is only replaced when it is one fieldseg wrote (it holds the marker file), so
+``--overwrite`` can never delete a folder of the user's inputs.
 """
 
 from __future__ import annotations
@@ -10,25 +12,55 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fieldseg.errors import OutputExistsError
+from fieldseg.errors import FieldsegError, OutputExistsError
 
 
-def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Return ``path`` as a Path, refusing an existing file or non-empty directory.
+class OutputPathError(FieldsegError):
+    """The output cannot be created where it was asked for."""
+
+
+def check_output_path(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    marker: str | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """Return ``path`` as a Path after checking that it may be written.
+
+    Args:
+        path: the output file or directory.
+        overwrite: whether an existing output may be replaced.
+        marker: for a directory output, a file that a replaceable directory must hold (e.g.
+            ``dataset.json``): a non-empty directory without it is never replaced.
+        inputs: input files that must not lie inside (or be) the output.
 
     Raises:
-        OutputExistsError: ``path`` exists (a non-empty directory, or a file) and ``overwrite``
-            is false.
+        OutputExistsError: the output exists and may not be replaced.
+        OutputPathError: the output is ``.``/a parent of the work, or would swallow an input.
     """
     path = Path(path)
+    resolved = path.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise OutputPathError(f"output {path} is the current folder or one above it")
+    for item in inputs:
+        source = Path(item).resolve()
+        if source == resolved or resolved in source.parents:
+            raise OutputPathError(f"output {path} would replace the input {item}")
     if path.is_dir():
-        if any(path.iterdir()) and not overwrite:
-            raise OutputExistsError(
-                f"output directory {path} is not empty; pass --overwrite to replace it"
-            )
+        if any(path.iterdir()):
+            if not overwrite:
+                raise OutputExistsError(
+                    f"output directory {path} is not empty; pass --overwrite to replace it"
+                )
+            if marker is not None and not (path / marker).is_file():
+                raise OutputExistsError(
+                    f"output directory {path} is not empty and holds no {marker}: it was not "
+                    "written by fieldseg, so it is not replaced even with --overwrite"
+                )
     elif path.exists() and not overwrite:
         raise OutputExistsError(f"output {path} exists; pass --overwrite to replace it")
     return path
@@ -38,8 +70,11 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
 def _parent_folders(path: Path) -> Iterator[None]:
     """Create the missing parent folders of ``path``; remove them again if the body fails."""
     missing = [p for p in reversed(path.parents) if not p.exists()]
-    for folder in missing:
-        folder.mkdir(exist_ok=True)
+    try:
+        for folder in missing:
+            folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create the folder for {path}: {exc.strerror}") from exc
     try:
         yield
     except BaseException:
@@ -47,6 +82,13 @@ def _parent_folders(path: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty: never remove what someone else put there
         raise
+
+
+def _umask_mode(mode: int) -> int:
+    """``mode`` less the process umask (what a plain ``mkdir``/``open`` would give)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
 
 
 def _remove(path: Path) -> None:
@@ -68,14 +110,18 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     if final.is_dir():
         raise OutputExistsError(f"output {final} is a directory, expected a file")
     with _parent_folders(final):
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
-        )
+        try:
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
+            )
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {final}: {exc.strerror}") from exc
         os.close(fd)
         tmp = Path(tmp_name)
         tmp.unlink()  # let the writer create it; some drivers refuse an existing empty file
         try:
             yield tmp
+            os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes files private (0600)
             os.replace(tmp, final)
         finally:
             for leftover in (tmp, *tmp.parent.glob(tmp.name + "*")):
@@ -83,15 +129,26 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    marker: str | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Iterator[Path]:
     """Yield a temporary directory to fill; on success it takes the place of ``path``.
 
-    An existing directory is moved aside first and deleted only after the new one is in place,
-    so an interrupted run leaves either the old output or the new one, never a mix.
+    An existing directory (see :func:`check_output_path` for which may be replaced) is moved
+    aside first and deleted only after the new one is in place, so an interrupted run leaves
+    either the old output or the new one, never a mix.
     """
-    final = check_output_path(path, overwrite=overwrite)
+    final = check_output_path(path, overwrite=overwrite, marker=marker, inputs=inputs)
     with _parent_folders(final):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {final}: {exc.strerror}") from exc
+        os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes folders private (0700)
         try:
             yield tmp
             old: Path | None = None

@@ -252,7 +252,8 @@ def tile_scenes(
         raise ConfigError(f"--block-size ({block_size}) must be at least the stride ({stride})")
     if not scenes:
         raise ConfigError("tile needs at least one scene")
-    output = check_output_path(output, overwrite=overwrite)
+    inputs = [*scenes, labels, *([label_extent] if label_extent else [])]
+    output = check_output_path(output, overwrite=overwrite, marker=DESCRIPTION_FILE, inputs=inputs)
     mode: LabelMode = "sparse" if sparse else ("label_extent" if label_extent else "complete")
 
     field_labels = load_field_labels(labels, class_column=class_column, split_column=split_column)
@@ -270,7 +271,9 @@ def tile_scenes(
     first = prepared[0].info
     sliver_rule = SliverRule(min_pixels=min_piece_pixels, min_share=min_piece_share)
 
-    with atomic_directory(output, overwrite=overwrite) as tmp:
+    with atomic_directory(
+        output, overwrite=overwrite, marker=DESCRIPTION_FILE, inputs=inputs
+    ) as tmp:
         chips = _write_chips(
             prepared,
             tmp,

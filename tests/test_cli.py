@@ -324,14 +324,35 @@ def test_tile_cli_bad_input(
 
 def test_tile_cli_output_exists_and_overwrite(tmp_path: Path, basic_scene: SceneFixture) -> None:
     out = tmp_path / "ds"
-    out.mkdir()
-    (out / "x").write_text("x")
     args = ["tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", out, *TILE]
+    assert run(*args).exit_code == 0
+    (out / "x").write_text("x")
     assert_user_error(run(*args), "not empty", "--overwrite")
     assert (out / "x").exists()
     result = run(*args, "--overwrite")
     assert result.exit_code == 0, stderr_of(result)
     assert not (out / "x").exists() and (out / "dataset.json").exists()
+
+
+def test_tile_cli_overwrite_never_replaces_a_folder_fieldseg_did_not_write(
+    tmp_path: Path, basic_scene: SceneFixture
+) -> None:
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", out, *TILE]
+    assert_user_error(run(*args, "--overwrite"), "holds no dataset.json", "not replaced")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_tile_cli_refuses_an_output_that_holds_its_inputs(
+    tmp_path: Path, basic_scene: SceneFixture
+) -> None:
+    folder = basic_scene.scene.parent
+    before = sorted(p.name for p in folder.iterdir())
+    args = ["tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", folder, *TILE]
+    assert_user_error(run(*args, "--overwrite"), "would replace the input")
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def test_tile_cli_ctrl_c_leaves_nothing(

@@ -570,16 +570,40 @@ def test_non_empty_output_refused_and_overwrite_replaces(
     tmp_path: Path, basic_scene: SceneFixture, listing: Callable[[Path], list[str]]
 ) -> None:
     out = tmp_path / "out"
-    out.mkdir()
+    _tile(basic_scene, out)
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="not empty; pass --overwrite"):
         _tile(basic_scene, out)
-    assert listing(out) == ["keep.txt"]
+    assert "keep.txt" in listing(out)
     ds, _ = _tile(basic_scene, out, overwrite=True)
     assert not (out / "keep.txt").exists()
     assert listing(out) == ["chips", "dataset.json", "test.json", "train.json", "val.json"]
     assert len(ds.images) == 9
     assert listing(tmp_path) == ["out"]
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_dataset(
+    tmp_path: Path, basic_scene: SceneFixture, listing: Callable[[Path], list[str]]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"holds no dataset\.json"):
+        _tile(basic_scene, out, overwrite=True)
+    assert listing(out) == ["keep.txt"]
+
+
+def test_dataset_folder_is_readable_by_others(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        _tile(basic_scene, tmp_path / "out")
+    finally:
+        os.umask(umask)
+    mode = stat.S_IMODE((tmp_path / "out").stat().st_mode)
+    assert mode == 0o755
 
 
 def test_empty_output_directory_is_accepted(tmp_path: Path, basic_scene: SceneFixture) -> None:
