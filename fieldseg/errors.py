@@ -26,3 +26,9 @@ class OutputExistsError(FieldsegError):
 
 class ConfigError(FieldsegError):
     """An option or configuration value is invalid."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's exception message, for a one-line user error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

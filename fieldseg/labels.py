@@ -18,7 +18,7 @@ import pandas as pd
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from fieldseg.errors import ConfigError, InputFileError
+from fieldseg.errors import ConfigError, CRSError, InputFileError
 from fieldseg.vector_io import read_vector
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,9 @@ def load_field_labels(
     """
     frame = read_vector(path)
     n_read = len(frame)
+    if n_read == 0:
+        raise InputFileError(f"{path} holds no features")
+    _check_coordinates_fit_crs(frame, path)
     for option, column in (("--class-column", class_column), ("--split-column", split_column)):
         if column is not None and column not in frame.columns:
             available = ", ".join(c for c in frame.columns if c != frame.geometry.name)
@@ -102,7 +105,9 @@ def load_field_labels(
     polygonal[:] = [
         _polygonal_part(g) if ok else None for g, ok in zip(repaired, present, strict=True)
     ]
-    keep = np.array([g is not None and not g.is_empty and g.area > 0 for g in polygonal])
+    keep = np.array(
+        [g is not None and not g.is_empty and g.area > 0 for g in polygonal], dtype=bool
+    )
 
     fields = gpd.GeoDataFrame(
         {"field_id": np.arange(1, n_read + 1, dtype=np.int64)[keep]},
@@ -193,6 +198,23 @@ def to_crs_valid(fields: gpd.GeoDataFrame, crs: object) -> gpd.GeoDataFrame:
     return out[~out.geometry.is_empty]
 
 
+def _check_coordinates_fit_crs(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> None:
+    """Refuse projected coordinates under a geographic CRS (e.g. a CRS-less GeoJSON in metres).
+
+    GDAL reads a GeoJSON without a CRS as EPSG:4326, so metres would silently become degrees
+    and every field would fall far off the scene.
+    """
+    if frame.crs is None or not frame.crs.is_geographic:
+        return
+    xmin, ymin, xmax, ymax = frame.total_bounds
+    if xmin < -360 or xmax > 360 or ymin < -90 or ymax > 90:
+        raise CRSError(
+            f"{path} has coordinates up to {max(abs(xmin), abs(xmax), abs(ymin), abs(ymax)):.0f} "
+            "under a "
+            f"geographic CRS ({frame.crs.name}): they look projected; set the right CRS"
+        )
+
+
 def _polygonal_part(geometry: BaseGeometry | None) -> BaseGeometry | None:
     """The polygons of a geometry (dropping points and lines a repair may leave), or None."""
     if geometry is None or geometry.is_empty:
@@ -201,7 +223,16 @@ def _polygonal_part(geometry: BaseGeometry | None) -> BaseGeometry | None:
     if kind in ("Polygon", "MultiPolygon"):
         return geometry
     if kind == "GeometryCollection":
-        parts = [p for p in geometry.geoms if p.geom_type in ("Polygon", "MultiPolygon")]
-        parts = [q for p in parts for q in getattr(p, "geoms", [p])]
-        return shapely.MultiPolygon(parts) if len(parts) > 1 else (parts[0] if parts else None)
+        # flatten nested collections; the union keeps overlapping parts valid
+        parts = shapely.get_parts(geometry)
+        collection = shapely.GeometryType.GEOMETRYCOLLECTION
+        while (nested := shapely.get_type_id(parts) == collection).any():
+            parts = np.concatenate([parts[~nested], shapely.get_parts(parts[nested])])
+        kinds = shapely.get_type_id(parts)
+        polygons = parts[
+            (kinds == shapely.GeometryType.POLYGON) | (kinds == shapely.GeometryType.MULTIPOLYGON)
+        ]
+        if len(polygons) == 0:
+            return None
+        return polygons[0] if len(polygons) == 1 else shapely.union_all(polygons)
     return None

@@ -20,7 +20,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from fieldseg.errors import CRSError, InputFileError
+from fieldseg.errors import ConfigError, CRSError, InputFileError, first_line
 
 #: GeoTIFF creation options for chips and scenes: internally tiled and compressed.
 GEOTIFF_PROFILE: dict[str, Any] = {
@@ -69,7 +69,7 @@ def open_raster(path: str | os.PathLike[str]) -> Iterator[rasterio.io.DatasetRea
     try:
         src = rasterio.open(path)
     except RasterioIOError as exc:
-        raise InputFileError(f"cannot read raster {path}: {_first_line(exc)}") from exc
+        raise InputFileError(f"cannot read raster {path}: {first_line(exc)}") from exc
     try:
         yield src
     finally:
@@ -90,9 +90,13 @@ def raster_info(src: rasterio.io.DatasetReader, *, require_crs: bool = True) -> 
         )
     if len(set(src.dtypes)) > 1:
         raise InputFileError(f"raster {path} mixes band data types {sorted(set(src.dtypes))}")
-    nodatas = {_nodata_key(v) for v in src.nodatavals}
-    if len(nodatas) > 1:
-        raise InputFileError(f"raster {path} has different nodata values per band: {nodatas}")
+    if not all(same_nodata(v, src.nodatavals[0]) for v in src.nodatavals):
+        raise InputFileError(
+            f"raster {path} has different nodata values per band: {src.nodatavals}"
+        )
+    missing = [f for f in src.files if not f.startswith("/vsi") and not Path(f).exists()]
+    if missing:
+        raise InputFileError(f"raster {path} refers to a file that does not exist: {missing[0]}")
     names = tuple(
         desc if desc else default
         for desc, default in zip(src.descriptions, default_band_names(src.count), strict=True)
@@ -135,7 +139,7 @@ def read_window(
             return src.read(window=window)
         return src.read(window=window, boundless=True, fill_value=fill_value or 0)
     except RasterioIOError as exc:
-        raise InputFileError(f"cannot read {src.name} at {window}: {_first_line(exc)}") from exc
+        raise InputFileError(f"cannot read {src.name} at {window}: {first_line(exc)}") from exc
 
 
 def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -222,12 +226,24 @@ def _block(size: int) -> int:
     return max(16, min(256, size // 16 * 16))
 
 
-def _nodata_key(value: float | None) -> float | str | None:
-    if value is None:
-        return None
-    return "nan" if np.isnan(value) else float(value)
+def same_nodata(a: float | None, b: float | None) -> bool:
+    """Whether two nodata values mean the same (None only equals None; NaN equals NaN)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(a == b or (np.isnan(a) and np.isnan(b)))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def check_nodata_value(value: float | None, dtype: str, where: str) -> None:
+    """Refuse a nodata value that the pixels of ``dtype`` cannot hold.
+
+    Raises:
+        ConfigError: a fractional, NaN or out-of-range value for integer pixels.
+    """
+    if value is None or not np.issubdtype(np.dtype(dtype), np.integer):
+        return
+    limits = np.iinfo(np.dtype(dtype))
+    if np.isnan(value) or not float(value).is_integer() or not limits.min <= value <= limits.max:
+        raise ConfigError(
+            f"nodata {value} ({where}) cannot be a {dtype} pixel value "
+            f"(whole numbers {limits.min} to {limits.max})"
+        )

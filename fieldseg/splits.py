@@ -7,6 +7,7 @@ and where chips of two splits still overlap at a block border, one of them is dr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ def parse_fractions(text: str | Sequence[float]) -> dict[str, float]:
         )
     except ValueError as exc:
         raise ConfigError(f"--split expects three numbers like 0.8,0.1,0.1, got {text!r}") from exc
-    if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
         raise ConfigError(f"--split expects three non-negative numbers like 0.8,0.1,0.1: {text!r}")
     if abs(sum(values) - 1) > 1e-6:
         raise ConfigError(f"--split fractions must add up to 1, got {sum(values):g}")

@@ -7,7 +7,6 @@ copying pixels, opens in QGIS, and is read by every other fieldseg command like 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import rasterio
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, CRSError, InputFileError
-from fieldseg.raster_io import RasterInfo, open_raster, raster_info
+from fieldseg.raster_io import RasterInfo, open_raster, raster_info, same_nodata
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ GDAL_TYPE_NAMES: dict[str, str] = {
 }
 
 
-def default_band_names(paths: Sequence[Path], counts: Sequence[int]) -> list[str]:
+def band_names_from_files(paths: Sequence[Path], counts: Sequence[int]) -> list[str]:
     """Name bands after their files, dropping the prefix all file names share.
 
     ``s2_l3a_20210615_blue.tif, s2_l3a_20210715_blue.tif`` become ``20210615_blue,
@@ -102,7 +101,7 @@ def stack_bands(
 
     counts = [info.count for info in infos]
     total = sum(counts)
-    names = list(band_names) if band_names else default_band_names(paths, counts)
+    names = list(band_names) if band_names else band_names_from_files(paths, counts)
     if len(names) != total:
         raise ConfigError(f"{len(names)} band names given for {total} bands ({len(paths)} files)")
     if len(set(names)) != len(names):
@@ -134,14 +133,8 @@ def _check_same_grid(ref: RasterInfo, other: RasterInfo) -> None:
         )
     if ref.dtype != other.dtype:
         raise InputFileError(f"{where}: data type {other.dtype} vs {ref.dtype}")
-    if not _same_nodata(ref.nodata, other.nodata):
+    if not same_nodata(ref.nodata, other.nodata):
         raise InputFileError(f"{where}: nodata {other.nodata} vs {ref.nodata}")
-
-
-def _same_nodata(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (math.isnan(a) and math.isnan(b)) or a == b
 
 
 def _vrt_tree(

@@ -45,11 +45,13 @@ from fieldseg.labels import SPLITS, FieldLabels, load_field_labels, to_crs_valid
 from fieldseg.progress import progress
 from fieldseg.raster_io import (
     RasterInfo,
+    check_nodata_value,
     crs_to_json,
     nodata_mask,
     open_raster,
     raster_info,
     read_window,
+    same_nodata,
     transform_to_json,
     write_geotiff,
 )
@@ -456,7 +458,12 @@ def _prepare_scenes(
             summary.warnings.append(
                 f"{info.path.name} declares nodata {info.nodata}; --nodata {nodata} is not used"
             )
-        if prepared and not _same_value(scene_nodata, prepared[0].nodata):
+        check_nodata_value(
+            scene_nodata,
+            info.dtype,
+            f"declared by {info.path.name}" if info.nodata is not None else "--nodata",
+        )
+        if prepared and not same_nodata(scene_nodata, prepared[0].nodata):
             raise InputFileError(
                 f"{info.path.name} has nodata {scene_nodata} but {prepared[0].info.path.name} has "
                 f"{prepared[0].nodata}; give --nodata or make the scenes agree"
@@ -739,12 +746,6 @@ def _check_same_bands(reference: RasterInfo, info: RasterInfo) -> None:
         raise InputFileError(
             f"{info.path.name} is {info.dtype} but {reference.path.name} is {reference.dtype}"
         )
-
-
-def _same_value(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a == b or (np.isnan(a) and np.isnan(b))
 
 
 def _unique_id(stem: str, used: set[str]) -> str:

@@ -13,7 +13,7 @@ import geopandas as gpd
 from pyproj import CRS as ProjCRS
 
 from fieldseg.atomic_output import atomic_file
-from fieldseg.errors import ConfigError, CRSError, InputFileError
+from fieldseg.errors import ConfigError, CRSError, InputFileError, first_line
 
 #: Output formats by file extension, with the OGR driver used to write them.
 VECTOR_DRIVERS: dict[str, str] = {
@@ -42,8 +42,7 @@ def read_vector(
         else:
             frame = gpd.read_file(path, layer=layer, engine="pyogrio")
     except Exception as exc:  # pyogrio, pyarrow and fiona raise many unrelated types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputFileError(f"cannot read vector file {path}: {first}") from exc
+        raise InputFileError(f"cannot read vector file {path}: {first_line(exc)}") from exc
     if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry is None:
         raise InputFileError(f"vector file {path} has no geometry column")
     if require_crs and frame.crs is None:

@@ -14,7 +14,7 @@ from affine import Affine
 from conftest import CRS_UTM, px_box, read_dataset, write_labels, write_scene
 
 from fieldseg.errors import ConfigError, CRSError, InputFileError, OutputExistsError
-from fieldseg.stacking import default_band_names, stack_bands
+from fieldseg.stacking import band_names_from_files, stack_bands
 from fieldseg.tiling import tile_scenes
 
 WIDTH, HEIGHT = 64, 48
@@ -114,18 +114,18 @@ def test_multi_band_files_add_band_suffixes(tmp_path: Path, bands: dict[str, Pat
     assert np.array_equal(data[1:], two)
 
 
-def test_default_band_names_rules() -> None:
+def test_band_names_from_files_rules() -> None:
     same_date = [Path(f"s2_l3a_20210615_{c}.tif") for c in ("blue", "red")]
-    assert default_band_names(same_date, [1, 1]) == ["blue", "red"]
+    assert band_names_from_files(same_date, [1, 1]) == ["blue", "red"]
     two_dates = [Path("s2_l3a_20210615_blue.tif"), Path("s2_l3a_20210715_blue.tif")]
-    assert default_band_names(two_dates, [1, 1]) == ["20210615_blue", "20210715_blue"]
+    assert band_names_from_files(two_dates, [1, 1]) == ["20210615_blue", "20210715_blue"]
     # cut only at a separator, so words stay whole
-    assert default_band_names([Path("red.tif"), Path("reddish.tif")], [1, 1]) == [
+    assert band_names_from_files([Path("red.tif"), Path("reddish.tif")], [1, 1]) == [
         "red",
         "reddish",
     ]
-    assert default_band_names([Path("a_x.tif"), Path("b_x.tif")], [1, 1]) == ["a_x", "b_x"]
-    assert default_band_names([Path("only_one.tif")], [2]) == ["only_one_b1", "only_one_b2"]
+    assert band_names_from_files([Path("a_x.tif"), Path("b_x.tif")], [1, 1]) == ["a_x", "b_x"]
+    assert band_names_from_files([Path("only_one.tif")], [2]) == ["only_one_b1", "only_one_b2"]
 
 
 def test_stacked_vrt_tiles_like_a_geotiff(tmp_path: Path, bands: dict[str, Path]) -> None:
