@@ -1,16 +1,20 @@
-"""Per-band normalisation statistics over valid pixels, gathered chip by chip.
+"""Per-band normalisation statistics over valid pixels, gathered chip by chip in bounded memory.
 
-Exact mean and standard deviation come from running sums; the 2nd and 98th percentiles from a
-bounded random sample of valid pixels per chip, so memory stays flat however large the dataset.
+Mean and standard deviation are exact (running sums). Percentiles are exact for 8- and 16-bit
+integer data (Sentinel-2 reflectances), from one histogram per band; for other data types they
+come from a bounded random sample of each chip's valid pixels, each weighted by the pixels it
+stands for, so that a chip with few valid pixels weighs no more than it should.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel
+
+#: Percentiles stored as the robust range of each band.
+LOW_PERCENTILE, HIGH_PERCENTILE = 2.0, 98.0
 
 
 class BandStatistics(BaseModel):
@@ -24,30 +28,77 @@ class BandStatistics(BaseModel):
     n_pixels: int
 
 
-@dataclass
-class PixelSample:
-    """What one chip contributes: exact sums and a random sample of its valid pixels."""
+class BandStatisticsAccumulator:
+    """Accumulate per-band statistics of valid pixels, one chip at a time.
 
-    total: np.ndarray  # (bands,) float64 sum
-    total_sq: np.ndarray  # (bands,) float64 sum of squares
-    count: int
-    sample: np.ndarray  # (n, bands) float64
+    Args:
+        bands: number of bands.
+        dtype: pixel data type; 8/16-bit integers get exact histograms.
+        seed: seed of the pixel sample (other data types).
+        sample_per_chip: sampled pixels kept per chip (other data types).
+    """
 
-    @classmethod
-    def from_chip(
-        cls, data: np.ndarray, valid: np.ndarray, rng: np.random.Generator, max_sample: int = 2048
-    ) -> PixelSample:
-        """Summarise the ``valid`` pixels of a (bands, rows, cols) chip."""
+    def __init__(self, bands: int, dtype: str, *, seed: int = 0, sample_per_chip: int = 512):
+        self._dtype = np.dtype(dtype)
+        self._exact = self._dtype.kind in "iu" and self._dtype.itemsize <= 2
+        self._total = np.zeros(bands)
+        self._total_sq = np.zeros(bands)
+        self._count = 0
+        self._rng = np.random.default_rng(seed)
+        self._sample_per_chip = sample_per_chip
+        self._samples: list[np.ndarray] = []
+        self._weights: list[np.ndarray] = []
+        if self._exact:
+            self._offset = int(np.iinfo(self._dtype).min)
+            self._histogram = np.zeros((bands, 2 ** (8 * self._dtype.itemsize)), dtype=np.int64)
+
+    def add(self, data: np.ndarray, valid: np.ndarray) -> None:
+        """Add the ``valid`` pixels of a (bands, rows, cols) chip."""
         bands = data.shape[0]
         chosen = data.reshape(bands, -1) if valid.all() else data[:, valid]
-        pixels = chosen.astype(np.float64)  # (bands, n)
-        count = pixels.shape[1]
-        if count > max_sample:
-            pick = rng.choice(count, size=max_sample, replace=False)
-            sample = pixels[:, pick].T
+        count = chosen.shape[1]
+        if count == 0:
+            return
+        pixels = chosen.astype(np.float64)
+        self._total += pixels.sum(axis=1)
+        self._total_sq += np.einsum("ij,ij->i", pixels, pixels)
+        self._count += count
+        if self._exact:
+            shifted = chosen.astype(np.int64) - self._offset
+            for band in range(bands):
+                self._histogram[band] += np.bincount(
+                    shifted[band], minlength=self._histogram.shape[1]
+                )
         else:
-            sample = pixels.T
-        return cls(pixels.sum(axis=1), np.einsum("ij,ij->i", pixels, pixels), count, sample)
+            size = min(count, self._sample_per_chip)
+            if size < count:
+                pixels = pixels[:, self._rng.choice(count, size=size, replace=False)]
+            self._samples.append(pixels.T.astype(np.float32))
+            self._weights.append(np.full(size, count / size))
+
+    def result(self, band_names: Sequence[str]) -> list[BandStatistics]:
+        """The statistics so far, one entry per band (empty when no valid pixel was seen)."""
+        if self._count == 0:
+            return []
+        mean = self._total / self._count
+        std = np.sqrt(np.maximum(self._total_sq / self._count - mean**2, 0.0))
+        quantiles = [LOW_PERCENTILE, HIGH_PERCENTILE]
+        if self._exact:
+            low, high = _histogram_percentiles(self._histogram, quantiles) + self._offset
+        else:
+            pooled = np.concatenate(self._samples).astype(np.float64)
+            low, high = weighted_percentiles(pooled, np.concatenate(self._weights), quantiles)
+        return [
+            BandStatistics(
+                name=name,
+                p2=float(low[i]),
+                p98=float(high[i]),
+                mean=float(mean[i]),
+                std=float(std[i]),
+                n_pixels=int(self._count),
+            )
+            for i, name in enumerate(band_names)
+        ]
 
 
 def weighted_percentiles(
@@ -57,44 +108,23 @@ def weighted_percentiles(
 
     The inverted-CDF rule: the smallest value whose cumulative weight reaches the percentile.
     """
-    order = np.argsort(values, axis=0, kind="stable")
-    sorted_values = np.take_along_axis(values, order, axis=0)
-    cumulative = np.cumsum(weights[order], axis=0)
-    cumulative /= cumulative[-1]
     out = np.empty((len(percentiles), values.shape[1]))
-    for i, q in enumerate(percentiles):
-        for band in range(values.shape[1]):
-            index = np.searchsorted(cumulative[:, band], q / 100, side="left")
-            out[i, band] = sorted_values[min(index, len(values) - 1), band]
+    for band in range(values.shape[1]):
+        order = np.argsort(values[:, band], kind="stable")
+        cumulative = np.cumsum(weights[order])
+        cumulative /= cumulative[-1]
+        for i, q in enumerate(percentiles):
+            index = min(int(np.searchsorted(cumulative, q / 100, side="left")), len(order) - 1)
+            out[i, band] = values[order[index], band]
     return out
 
 
-def combine_statistics(
-    samples: Iterable[PixelSample], band_names: Sequence[str]
-) -> list[BandStatistics]:
-    """Combine chip summaries into per-band statistics (empty list when no valid pixel)."""
-    samples = list(samples)
-    count = sum(s.count for s in samples)
-    if count == 0:
-        return []
-    total = np.sum([s.total for s in samples], axis=0)
-    total_sq = np.sum([s.total_sq for s in samples], axis=0)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    kept = [s for s in samples if len(s.sample)]
-    pooled = np.concatenate([s.sample for s in kept], axis=0)
-    # each sampled pixel stands for count / sample-size pixels of its chip, so a chip with few
-    # valid pixels weighs no more than it should
-    weights = np.concatenate([np.full(len(s.sample), s.count / len(s.sample)) for s in kept])
-    p2, p98 = weighted_percentiles(pooled, weights, [2, 98])
-    return [
-        BandStatistics(
-            name=name,
-            p2=float(p2[i]),
-            p98=float(p98[i]),
-            mean=float(mean[i]),
-            std=float(std[i]),
-            n_pixels=int(count),
-        )
-        for i, name in enumerate(band_names)
-    ]
+def _histogram_percentiles(histogram: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """Inverted-CDF percentiles (as bin indices) of per-band histograms (bands, bins)."""
+    cumulative = np.cumsum(histogram, axis=1)
+    totals = cumulative[:, -1]
+    out = np.empty((len(percentiles), histogram.shape[0]), dtype=np.int64)
+    for i, q in enumerate(percentiles):
+        for band in range(histogram.shape[0]):
+            out[i, band] = np.searchsorted(cumulative[band], q / 100 * totals[band], side="left")
+    return out

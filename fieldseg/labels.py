@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import geopandas as gpd
 import numpy as np
@@ -50,17 +50,23 @@ class FieldLabels:
     n_read: int = 0
     n_repaired: int = 0
     n_dropped_empty: int = 0
+    n_dropped_no_class: int = 0
     n_overlapping_pairs: int = 0
-    notes: list[str] = field(default_factory=list)
+    n_covered_by_smaller: int = 0
 
     def summary(self) -> str:
-        """One line on how the labels were cleaned."""
-        return (
+        """One line on how the labels were cleaned; the drops add up to what was not kept."""
+        text = (
             f"labels: {len(self.fields)} fields kept of {self.n_read} read; "
             f"{self.n_repaired} invalid geometries repaired, {self.n_dropped_empty} empty or "
             f"non-polygon dropped, {self.n_overlapping_pairs} overlapping pairs "
             "(overlap given to the smaller field)"
         )
+        if self.n_covered_by_smaller:
+            text += f", {self.n_covered_by_smaller} dropped as wholly covered by smaller fields"
+        if self.n_dropped_no_class:
+            text += f", {self.n_dropped_no_class} dropped for a missing class value"
+        return text
 
 
 def load_field_labels(
@@ -124,12 +130,12 @@ def load_field_labels(
     if class_column is not None:
         values = column(class_column)
         missing = values.isna().to_numpy()
-        if missing.any():
-            logger.warning("%d fields without a %s value dropped", missing.sum(), class_column)
+        n_no_class = int(missing.sum())
         fields = fields[~missing].reset_index(drop=True)
         fields["category"] = values[~missing].astype(str).to_numpy()
     else:
         fields["category"] = DEFAULT_CATEGORY
+        n_no_class = 0
     if split_column is not None:
         raw = column(split_column).astype(str).str.strip().str.lower()
         unknown = sorted(set(raw) - set(SPLIT_ALIASES))
@@ -141,14 +147,17 @@ def load_field_labels(
     fields = fields.reset_index(drop=True)
 
     n_pairs = resolve_overlaps(fields)
-    fields = fields[~fields.geometry.is_empty].reset_index(drop=True)
+    emptied = fields.geometry.is_empty.to_numpy()
+    fields = fields[~emptied].reset_index(drop=True)
     labels = FieldLabels(
         fields=fields,
         categories=sorted(set(fields["category"])),
         n_read=n_read,
         n_repaired=int(invalid.sum()),
         n_dropped_empty=int((~keep).sum()),
+        n_dropped_no_class=n_no_class,
         n_overlapping_pairs=n_pairs,
+        n_covered_by_smaller=int(emptied.sum()),
     )
     logger.debug(labels.summary())
     return labels

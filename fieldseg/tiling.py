@@ -26,7 +26,7 @@ from rasterio.windows import transform as window_transform
 
 from fieldseg import __version__
 from fieldseg.atomic_output import atomic_directory, check_output_path
-from fieldseg.band_statistics import PixelSample, combine_statistics
+from fieldseg.band_statistics import BandStatistics, BandStatisticsAccumulator
 from fieldseg.chip_grid import check_chip_geometry, chip_windows
 from fieldseg.coco_format import encode_label_image, encode_rle, rle_to_json, write_coco
 from fieldseg.dataset_description import (
@@ -192,7 +192,6 @@ class _Chip:
     nodata_fraction: float
     pieces: list[dict[str, Any]]  # annotations without ids, each with its field's split
     ignore: dict[str, Any] | None  # compressed RLE (pycocotools bytes form) or None
-    sample: PixelSample
     split: str = "train"
 
 
@@ -283,7 +282,6 @@ def tile_scenes(
             sliver_rule,
             max_nodata,
             compress,
-            seed,
             summary,
             chip_size=chip_size,
             sparse=sparse,
@@ -308,8 +306,7 @@ def tile_scenes(
                 (tmp / chip.file_name).unlink()
         chips = [c for c, kept in zip(chips, keep, strict=True) if kept]
 
-        train_samples = [c.sample for c in chips if c.split == "train"]
-        statistics = combine_statistics(train_samples, first.band_names)
+        statistics = _train_statistics(chips, prepared, tmp, seed)
         if not statistics:
             dropped = summary.dropped_split_overlap
             raise InputFileError(
@@ -347,12 +344,7 @@ def tile_scenes(
             )
             summary.fractions[name] = len(images) / len(chips)
         summary.fields_in_dataset = len(
-            {
-                (c.scene, p["field_id"])
-                for c in chips
-                for p in c.pieces
-                if p["split"] in (None, c.split)
-            }
+            {p["field_id"] for c in chips for p in c.pieces if p["split"] in (None, c.split)}
         )
         _warn_small_splits(summary, fractions)
 
@@ -518,7 +510,6 @@ def _write_chips(
     sliver_rule: SliverRule,
     max_nodata: float,
     compress: str,
-    seed: int,
     summary: TileSummary,
     *,
     chip_size: int,
@@ -561,7 +552,6 @@ def _write_chips(
             band_names=info.band_names,
             compress=compress,
         )
-        rng = np.random.default_rng([seed, scene_index, len(chips)])
         chips.append(
             _Chip(
                 scene=scene_index,
@@ -571,10 +561,36 @@ def _write_chips(
                 nodata_fraction=nodata_fraction,
                 pieces=pieces,
                 ignore=ignore,
-                sample=PixelSample.from_chip(data, valid, rng),
             )
         )
     return chips
+
+
+def _train_statistics(
+    chips: list[_Chip], scenes: list[_Scene], out_dir: Path, seed: int
+) -> list[BandStatistics]:
+    """Band statistics over the valid pixels of the train chips, read back from their files.
+
+    A second, cheap pass once the splits are known, so that memory does not grow with the
+    number of chips (see :mod:`fieldseg.band_statistics`).
+    """
+    first = scenes[0].info
+    train = [c for c in chips if c.split == "train"]
+    accumulator = BandStatisticsAccumulator(
+        first.count,
+        first.dtype,
+        seed=seed,
+        sample_per_chip=max(64, 2_000_000 // max(len(train), 1)),
+    )
+    for chip in progress(train, total=len(train), desc="statistics", unit="chip"):
+        nodata = scenes[chip.scene].nodata
+        with open_raster(out_dir / chip.file_name) as src:
+            data = src.read()
+        valid = ~nodata_mask(data, nodata)
+        valid[int(chip.valid_window.height) :, :] = False  # padding beyond the scene
+        valid[:, int(chip.valid_window.width) :] = False
+        accumulator.add(data, valid)
+    return accumulator.result(first.band_names)
 
 
 def _candidate_chips(
@@ -613,7 +629,9 @@ def _annotate(
     shape = (int(window.height), int(window.width))
     label = labels.chip(window)  # field row + 1, 0 where no field
     label[~valid] = 0
-    ignore = (label == 0) if sparse else np.zeros(shape, dtype=bool)
+    # sparse: every valid pixel that is not a drawn field is unknown (nodata is told apart by
+    # the nodata rule, not listed here)
+    ignore = (label == 0) & valid if sparse else np.zeros(shape, dtype=bool)
     values, rles, pixels = encode_label_image(label)
     if not rles:
         return [], (encode_rle(ignore) if ignore.any() else None)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from conftest import Dataset, check_against_truth, rasterize_truth, read_dataset
+from conftest import Dataset, check_against_truth, rasterize_truth, read_dataset, valid_mask
 
 from fieldseg.stacking import stack_bands
 from fieldseg.tiling import TileSummary, tile_scenes
@@ -106,8 +106,9 @@ def test_sparse_tiling_of_the_coastal_stack(
         _, meta = ds.chip(image)
         assert meta["shape"] == (20, 128, 128) and meta["dtype"] == "int16"
         assert meta["nodata"] == NODATA
-        # no undrawn pixel is background: every pixel is a drawn field or ignored
-        covered = image.ignore().copy()
+        # no undrawn pixel is background: every pixel is a drawn field, ignored, or nodata
+        data, _ = ds.chip(image)
+        covered = image.ignore() | ~valid_mask(data, NODATA, image)
         for ann in image.annotations:
             covered |= rasterize_truth(truth[ann["field_id"]], image.transform, image.shape)
         assert covered.all()
