@@ -47,7 +47,7 @@ from fieldseg.atomic_output import atomic_file, check_output_path
 from fieldseg.errors import ConfigError
 from fieldseg.raster_io import write_geotiff
 from fieldseg.rasterization import geojson_shapes, rasterize_shapes
-from fieldseg.vector_io import VECTOR_DRIVERS, write_vector
+from fieldseg.vector_io import check_vector_format, write_vector
 
 logger = logging.getLogger("fieldseg")
 
@@ -406,10 +406,7 @@ def _check_outputs(
     raster_path, fields_path = Path(raster_path), Path(fields_path)
     if raster_path.suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError(f"the scene is written as a GeoTIFF; use a .tif path, not {raster_path}")
-    suffix = fields_path.suffix.lower()
-    if suffix not in VECTOR_DRIVERS and suffix != ".parquet":
-        known = ", ".join([*VECTOR_DRIVERS, ".parquet"])
-        raise ConfigError(f"cannot tell the vector format of {fields_path}; use one of {known}")
+    check_vector_format(fields_path)
     check_output_path(raster_path, overwrite=overwrite)
     check_output_path(fields_path, overwrite=overwrite)
 

@@ -21,6 +21,7 @@ import shapely
 from pycocotools import mask as mask_utils
 from rasterio.io import DatasetReader
 from rasterio.transform import array_bounds
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
@@ -125,7 +126,6 @@ class _Scene:
     info: RasterInfo
     nodata: float | None
     fields: gpd.GeoDataFrame
-    tree: shapely.STRtree
     windows: list[Window]
     geometries: np.ndarray = field(init=False)
     field_ids: np.ndarray = field(init=False)
@@ -463,7 +463,12 @@ def _prepare_scenes(
         scene_id = _unique_id(info.path.stem, used_ids)
 
         scene_box = shapely.box(*_bounds(info))
-        fields = to_crs_valid(labels.fields, info.crs)
+        # cheap cut in the labels' CRS first: a national parcel file may hold millions of fields
+        xmin, ymin, xmax, ymax = transform_bounds(
+            info.crs, labels.fields.crs, *_bounds(info), densify_pts=21
+        )
+        nearby = labels.fields.cx[xmin:xmax, ymin:ymax]
+        fields = to_crs_valid(nearby, info.crs)
         fields = fields[fields.intersects(scene_box)].reset_index(drop=True)
         geometries = fields.geometry.to_numpy()
         windows = chip_windows(info.width, info.height, chip_size, overlap)
@@ -488,7 +493,6 @@ def _prepare_scenes(
                 info=info,
                 nodata=scene_nodata,
                 fields=fields,
-                tree=tree,
                 windows=windows,
             )
         )

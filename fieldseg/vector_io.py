@@ -64,6 +64,15 @@ def read_area_of_interest(path: str | os.PathLike[str], crs: ProjCRS | str | obj
     return geometry
 
 
+def check_vector_format(path: str | os.PathLike[str]) -> str:
+    """Return the lower-case suffix of a writable vector path, or raise ConfigError."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in VECTOR_DRIVERS and suffix != ".parquet":
+        known = ", ".join([*VECTOR_DRIVERS, ".parquet"])
+        raise ConfigError(f"cannot tell the vector format of {path}; use one of {known}")
+    return suffix
+
+
 def write_vector(
     frame: gpd.GeoDataFrame,
     path: str | os.PathLike[str],
@@ -77,10 +86,7 @@ def write_vector(
     shapefiles are not written since they are several files that cannot be replaced at once.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in VECTOR_DRIVERS and suffix != ".parquet":
-        known = ", ".join([*VECTOR_DRIVERS, ".parquet"])
-        raise ConfigError(f"cannot tell the vector format of {path}; use one of {known}")
+    suffix = check_vector_format(path)
     with atomic_file(path, overwrite=overwrite) as tmp:
         if suffix == ".parquet":
             frame.to_parquet(tmp)

@@ -1,0 +1,79 @@
+"""Raster I/O helpers: JSON encodings round-trip, scene description, nodata rule and checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+
+from fieldseg.errors import ConfigError, CRSError
+from fieldseg.raster_io import (
+    check_nodata_value,
+    crs_from_json,
+    crs_to_json,
+    nodata_mask,
+    read_raster_info,
+    same_nodata,
+    transform_from_json,
+    transform_to_json,
+    write_geotiff,
+)
+
+
+def test_crs_json_round_trip_keeps_epsg_and_wkt() -> None:
+    utm = CRS.from_epsg(32633)
+    encoded = crs_to_json(utm)
+    assert encoded["epsg"] == 32633 and encoded["wkt"].startswith(("PROJCS", "PROJCRS"))
+    assert crs_from_json(encoded) == utm
+    custom = CRS.from_proj4("+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000")
+    assert crs_to_json(custom)["epsg"] in (None, 3035)
+    assert crs_from_json(crs_to_json(custom)) == custom
+
+
+def test_transform_json_round_trip() -> None:
+    transform = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5800000.0)
+    assert transform_to_json(transform) == [10.0, 0.0, 500000.0, 0.0, -10.0, 5800000.0]
+    assert transform_from_json(transform_to_json(transform)) == transform
+
+
+def test_read_raster_info_describes_a_scene(tmp_path: Path) -> None:
+    transform = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5800000.0)
+    data = np.arange(2 * 20 * 30, dtype=np.int16).reshape(2, 20, 30)
+    path = tmp_path / "s.tif"
+    write_geotiff(path, data, transform=transform, crs=CRS.from_epsg(32633), nodata=-1,
+                  band_names=["red", None])  # fmt: skip
+    info = read_raster_info(path)
+    assert (info.width, info.height, info.count, info.dtype) == (30, 20, 2, "int16")
+    assert info.band_names == ("red", "band_2")
+    assert info.nodata == -1 and info.pixel_size == (10.0, 10.0)
+    assert info.transform == transform and info.crs == CRS.from_epsg(32633)
+
+
+def test_read_raster_info_without_crs(tmp_path: Path) -> None:
+    path = tmp_path / "nocrs.tif"
+    transform = Affine(10, 0, 0, 0, -10, 0)
+    write_geotiff(path, np.zeros((1, 20, 20), dtype=np.uint8), transform=transform, crs=None)
+    with pytest.raises(CRSError, match="has no CRS"):
+        read_raster_info(path)
+    assert read_raster_info(path, require_crs=False).crs is None
+
+
+def test_nodata_rule_any_band_and_nan() -> None:
+    data = np.ones((2, 2, 2), dtype=np.float32)
+    data[0, 0, 0] = -9  # one band missing is enough
+    data[1, 1, 1] = np.nan
+    assert nodata_mask(data, -9).tolist() == [[True, False], [False, True]]
+    assert nodata_mask(data, None).tolist() == [[False, False], [False, True]]
+
+
+def test_same_nodata_and_value_checks() -> None:
+    assert same_nodata(None, None) and same_nodata(np.nan, np.nan) and same_nodata(0, 0.0)
+    assert not same_nodata(None, 0) and not same_nodata(1, 2)
+    check_nodata_value(65535, "uint16", "file")
+    check_nodata_value(0.5, "float32", "file")
+    for bad in (-1, 65536, 0.5, np.nan):
+        with pytest.raises(ConfigError, match="cannot be a uint16 pixel value"):
+            check_nodata_value(bad, "uint16", "--nodata")
