@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import rasterio
 
 from fieldseg.chip_grid import chip_windows
 from fieldseg.synthetic import synthesize_scene, write_synthetic_scene
-from fieldseg.tiling import tile_scenes
+from fieldseg.tiling import default_workers, tile_scenes
 
 
 def bare_read(scene: Path, chip_size: int, overlap: int) -> tuple[float, int]:
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--compress", default="zstd")
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs for each side")
+    parser.add_argument("--workers", type=int, default=None, help="tile worker processes")
     parser.add_argument("--workdir", type=Path, default=Path("benchmark-output"))
     args = parser.parse_args()
 
@@ -65,6 +67,7 @@ def main() -> None:
             chip_size=args.chip_size,
             overlap=args.overlap,
             compress=args.compress,
+            workers=args.workers,
             overwrite=True,
         )
         tiled.append(time.perf_counter() - start)
@@ -78,6 +81,8 @@ def main() -> None:
         "chip_size": args.chip_size,
         "overlap": args.overlap,
         "compress": args.compress,
+        "workers": args.workers or default_workers(n_windows),
+        "cpus": os.cpu_count(),
         "windows": n_windows,
         "chips_written": summary.chips_written,
         "instances": sum(summary.instances_by_split.values()),

@@ -6,12 +6,16 @@ slivers, label modes, splits) are the contract documented in docs/formats.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
+import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,6 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from pycocotools import mask as mask_utils
-from rasterio.io import DatasetReader
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -29,7 +32,15 @@ from fieldseg import __version__
 from fieldseg.atomic_output import atomic_directory, check_output_path
 from fieldseg.band_statistics import BandStatistics, BandStatisticsAccumulator
 from fieldseg.chip_grid import check_chip_geometry, chip_windows
-from fieldseg.coco_format import encode_label_image, encode_rle, rle_to_json, write_coco
+from fieldseg.chip_writer import (
+    SKIPPED_NO_DRAWN_FIELD,
+    SKIPPED_NODATA,
+    ChipRecord,
+    SceneJob,
+    SceneLabels,
+    cut_chips,
+)
+from fieldseg.coco_format import rle_to_json, write_coco
 from fieldseg.dataset_description import (
     DESCRIPTION_FILE,
     Category,
@@ -51,12 +62,9 @@ from fieldseg.raster_io import (
     nodata_mask,
     open_raster,
     raster_info,
-    read_window,
     same_nodata,
     transform_to_json,
-    write_geotiff,
 )
-from fieldseg.rasterization import count_pixels, rasterize_labels_in_strips
 from fieldseg.splits import (
     assign_blocks,
     block_keys,
@@ -68,9 +76,6 @@ from fieldseg.vector_io import read_area_of_interest
 logger = logging.getLogger(__name__)
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
-#: The label grid of a scene reaches this many pixels beyond the scene edge; fields reaching
-#: further are counted one by one (see _SceneLabels).
-PIXEL_COUNT_MARGIN = 8
 
 
 @dataclass
@@ -140,61 +145,6 @@ class _Scene:
         self.splits = self.fields["split"].to_numpy() if "split" in self.fields else None
 
 
-class _SceneLabels:
-    """The scene's fields rasterised once onto its pixel grid, kept in a file on disk.
-
-    Pixel ``(row, col)`` of the scene holds ``i + 1`` for field row ``i`` (0: no field). The
-    grid reaches :data:`PIXEL_COUNT_MARGIN` pixels beyond the scene (and over the padding of a
-    scene smaller than a chip). ``field_pixels`` counts each field's pixels on the whole,
-    unbounded grid, so a piece cut by the scene edge is known to be a piece and its share of the
-    field is exact. Rasterising once, instead of once per chip, burns each field once however
-    many chips see it.
-    """
-
-    def __init__(self, scene: _Scene, chip_size: int, workdir: Path) -> None:
-        info, margin = scene.info, PIXEL_COUNT_MARGIN
-        shape = (max(info.height, chip_size) + 2 * margin, max(info.width, chip_size) + 2 * margin)
-        self._path = workdir / f".labels-{scene.scene_id}.npy"
-        self._labels = np.lib.format.open_memmap(self._path, mode="w+", dtype=np.int32, shape=shape)
-        origin = window_transform(Window(-margin, -margin, 1, 1), info.transform)
-        self.field_pixels = rasterize_labels_in_strips(
-            scene.geometries, transform=origin, out=self._labels
-        )
-        # fields reaching past the margin: count their whole extent, beyond the label grid
-        grid_box = shapely.box(*array_bounds(*shape, origin))
-        for index in np.flatnonzero(~shapely.within(scene.geometries, grid_box)):
-            self.field_pixels[index] = count_pixels(scene.geometries[index], info.transform)
-
-    def chip(self, window: Window) -> np.ndarray:
-        """A writable copy of the labels under ``window``."""
-        top, left = (
-            int(window.row_off) + PIXEL_COUNT_MARGIN,
-            int(window.col_off) + PIXEL_COUNT_MARGIN,
-        )
-        return np.array(
-            self._labels[top : top + int(window.height), left : left + int(window.width)]
-        )
-
-    def close(self) -> None:
-        """Release and delete the label file."""
-        del self._labels
-        self._path.unlink(missing_ok=True)
-
-
-@dataclass
-class _Chip:
-    """One written chip, before splits are decided."""
-
-    scene: int
-    window: Window
-    valid_window: Window
-    file_name: str
-    nodata_fraction: float
-    pieces: list[dict[str, Any]]  # annotations without ids, each with its field's split
-    ignore: dict[str, Any] | None  # compressed RLE (pycocotools bytes form) or None
-    split: str = "train"
-
-
 def tile_scenes(
     scenes: Sequence[str | os.PathLike[str]],
     labels: str | os.PathLike[str],
@@ -214,6 +164,7 @@ def tile_scenes(
     min_piece_pixels: int = 10,
     min_piece_share: float = 0.02,
     compress: str = "zstd",
+    workers: int | None = None,
     overwrite: bool = False,
 ) -> TileSummary:
     """Cut labelled scenes into chips with COCO annotations, splits and band statistics.
@@ -236,6 +187,8 @@ def tile_scenes(
         min_piece_pixels: a clipped piece of a field with fewer pixels is dropped.
         min_piece_share: a clipped piece with a smaller share of its field is dropped.
         compress: GeoTIFF compression of the chips (zstd is fast; deflate the most portable).
+        workers: processes cutting chips (default: see :func:`default_workers`); the output
+            is the same whatever the number.
         overwrite: replace an existing dataset.
 
     Returns:
@@ -285,6 +238,7 @@ def tile_scenes(
             summary,
             chip_size=chip_size,
             sparse=sparse,
+            workers=workers if workers is not None else default_workers(summary.candidate_chips),
         )
         if not chips:
             raise InputFileError(
@@ -518,60 +472,123 @@ def _write_chips(
     *,
     chip_size: int,
     sparse: bool,
-) -> list[_Chip]:
-    """Read, annotate and write every candidate chip; return those written."""
-    chips: list[_Chip] = []
+    workers: int,
+) -> list[ChipRecord]:
+    """Cut, annotate and write every candidate chip, in ``workers`` processes; return those kept.
+
+    Scenes go one at a time: their labels are rasterised into a file beside the output, then
+    their chips are cut in batches, in order, so the result does not depend on ``workers``.
+    """
+    chips: list[ChipRecord] = []
     total = sum(len(s.windows) for s in scenes)
-    candidates = _candidate_chips(scenes, chip_size, out_dir)
-    stream = progress(candidates, total=total, desc="tiling", unit="chip")
-    for scene_index, scene, labels, src, window in stream:
-        info = scene.info
-        data = read_window(src, window, fill_value=scene.nodata)
-        valid = ~nodata_mask(data, scene.nodata)
-        valid_window = window.intersection(Window(0, 0, info.width, info.height))
-        valid[int(valid_window.height) :, :] = False  # padding beyond the scene is nodata
-        valid[:, int(valid_window.width) :] = False
-        nodata_fraction = 1.0 - float(valid.mean())
-        if nodata_fraction > max_nodata:
-            summary.skipped_nodata += 1
-            continue
-        transform = window_transform(window, info.transform)
-        pieces, ignore = _annotate(
-            scene, labels, window, valid, category_ids, sliver_rule, sparse=sparse
-        )
-        summary.slivers_dropped += sum(1 for p in pieces if p["sliver"])
-        pieces = [p for p in pieces if not p["sliver"]]
-        if sparse and not pieces:
-            summary.skipped_no_drawn_field += 1
-            continue
-        name = f"{scene.scene_id}_r{int(window.row_off):05d}_c{int(window.col_off):05d}.tif"
-        file_name = f"chips/{scene.scene_id}/{name}"
-        (out_dir / file_name).parent.mkdir(parents=True, exist_ok=True)
-        write_geotiff(
-            out_dir / file_name,
-            data,
-            transform=transform,
-            crs=info.crs,
-            nodata=scene.nodata,
-            band_names=info.band_names,
-            compress=compress,
-        )
-        chips.append(
-            _Chip(
-                scene=scene_index,
-                window=window,
-                valid_window=valid_window,
-                file_name=file_name,
-                nodata_fraction=nodata_fraction,
-                pieces=pieces,
-                ignore=ignore,
-            )
-        )
+    with _executor(workers) as pool:
+        outcomes = progress(
+            _cut_scenes(scenes, out_dir, category_ids, sliver_rule, max_nodata, compress,
+                        chip_size=chip_size, sparse=sparse, pool=pool, workers=workers),
+            total=total,
+            desc="tiling",
+            unit="chip",
+        )  # fmt: skip
+        for outcome in outcomes:
+            if outcome == SKIPPED_NODATA:
+                summary.skipped_nodata += 1
+            elif outcome == SKIPPED_NO_DRAWN_FIELD:
+                summary.skipped_no_drawn_field += 1
+            else:
+                assert isinstance(outcome, ChipRecord)
+                summary.slivers_dropped += outcome.slivers
+                chips.append(outcome)
     return chips
 
 
+def _cut_scenes(
+    scenes: list[_Scene],
+    out_dir: Path,
+    category_ids: dict[str, int],
+    sliver_rule: SliverRule,
+    max_nodata: float,
+    compress: str,
+    *,
+    chip_size: int,
+    sparse: bool,
+    pool: Executor | None,
+    workers: int,
+) -> Iterator[ChipRecord | str]:
+    """The outcome of every candidate chip, scene by scene, in candidate order."""
+    for index, scene in enumerate(scenes):
+        if not scene.windows:
+            continue
+        info = scene.info
+        labels = SceneLabels(
+            scene.geometries,
+            transform=info.transform,
+            width=info.width,
+            height=info.height,
+            chip_size=chip_size,
+            path=out_dir / f".labels-{scene.scene_id}.npy",
+        )
+        try:
+            job = SceneJob(
+                scene_index=index,
+                scene_id=scene.scene_id,
+                path=info.path,
+                width=info.width,
+                height=info.height,
+                transform=info.transform,
+                crs=info.crs,
+                band_names=info.band_names,
+                nodata=scene.nodata,
+                labels_path=labels.path,
+                field_ids=scene.field_ids,
+                category_ids=np.array([category_ids[c] for c in scene.categories], dtype=int),
+                splits=scene.splits,
+                field_pixels=labels.field_pixels,
+                min_piece_pixels=sliver_rule.min_pixels,
+                min_piece_share=sliver_rule.min_share,
+                sparse=sparse,
+                max_nodata=max_nodata,
+                compress=compress,
+                out_dir=out_dir,
+            )
+            # a few batches per worker: enough to balance the load, few enough that sending
+            # the job (its per-field arrays) stays cheap
+            size = max(1, min(32, math.ceil(len(scene.windows) / (4 * workers))))
+            batches = [scene.windows[i : i + size] for i in range(0, len(scene.windows), size)]
+            results = (
+                pool.map(partial(cut_chips, job), batches)
+                if pool is not None
+                else map(partial(cut_chips, job), batches)
+            )
+            for batch in results:
+                yield from batch
+        finally:
+            labels.close()
+
+
+@contextlib.contextmanager
+def _executor(workers: int) -> Iterator[Executor | None]:
+    """A process pool for ``workers`` > 1 (None: work in this process)."""
+    if workers <= 1:
+        yield None
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield pool
+
+
+def default_workers(candidate_chips: int) -> int:
+    """Worker processes for tiling: one per core (at most 8), one for small jobs.
+
+    Starting a worker costs about a second of imports, more than small jobs take in all.
+    """
+    if candidate_chips < 200:
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def _train_statistics(
-    chips: list[_Chip], scenes: list[_Scene], out_dir: Path, seed: int
+    chips: list[ChipRecord], scenes: list[_Scene], out_dir: Path, seed: int
 ) -> list[BandStatistics]:
     """Band statistics over the valid pixels of the train chips, read back from their files.
 
@@ -597,77 +614,7 @@ def _train_statistics(
     return accumulator.result(first.band_names)
 
 
-def _candidate_chips(
-    scenes: list[_Scene], chip_size: int, workdir: Path
-) -> Iterator[tuple[int, _Scene, _SceneLabels, DatasetReader, Window]]:
-    """Every candidate window with its scene, one open file and one label raster at a time."""
-    for index, scene in enumerate(scenes):
-        if not scene.windows:
-            continue
-        labels = _SceneLabels(scene, chip_size, workdir)
-        try:
-            with open_raster(scene.info.path) as src:
-                for window in scene.windows:
-                    yield index, scene, labels, src, window
-        finally:
-            labels.close()
-
-
-def _annotate(
-    scene: _Scene,
-    labels: _SceneLabels,
-    window: Window,
-    valid: np.ndarray,
-    category_ids: dict[str, int],
-    sliver_rule: SliverRule,
-    *,
-    sparse: bool,
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Instance pieces of the fields in a chip, and the chip's ignore mask (RLE or None).
-
-    A piece is truncated when the chip edge (or nodata) hides part of its field. A truncated
-    piece below the sliver rule is marked ``sliver`` and its pixels join the ignore mask, so it
-    is taught neither as a field nor as background. In sparse mode everything that is not a
-    drawn field is ignored.
-    """
-    shape = (int(window.height), int(window.width))
-    label = labels.chip(window)  # field row + 1, 0 where no field
-    label[~valid] = 0
-    # sparse: every valid pixel that is not a drawn field is unknown (nodata is told apart by
-    # the nodata rule, not listed here)
-    ignore = (label == 0) & valid if sparse else np.zeros(shape, dtype=bool)
-    values, rles, pixels = encode_label_image(label)
-    if not rles:
-        return [], (encode_rle(ignore) if ignore.any() else None)
-    indices = values - 1
-    totals = labels.field_pixels[indices]
-    truncated = pixels < totals
-    slivers = truncated & (
-        (pixels < sliver_rule.min_pixels) | (pixels < sliver_rule.min_share * totals)
-    )
-    if slivers.any():
-        ignore |= np.isin(label, values[slivers])
-    boxes = mask_utils.toBbox(rles).tolist()
-    pieces = [
-        {
-            "field_id": int(scene.field_ids[index]),
-            "category_id": category_ids[scene.categories[index]],
-            "segmentation": rle,
-            "area": int(area),
-            "bbox": box,
-            "truncated": bool(cut),
-            "split": scene.splits[index] if scene.splits is not None else None,
-            "sliver": bool(sliver),
-        }
-        for index, rle, area, box, cut, sliver in zip(
-            indices.tolist(), rles, pixels, boxes, truncated, slivers, strict=True
-        )
-    ]
-    ignore_rle = encode_rle(ignore) if ignore.any() else None
-    return pieces, ignore_rle
-
-
-def _majority_split(chip: _Chip) -> str:
+def _majority_split(chip: ChipRecord) -> str:
     """With a split column: the split holding most of the chip's field pixels (else train)."""
     area: dict[str, int] = {}
     for piece in chip.pieces:
@@ -676,7 +623,7 @@ def _majority_split(chip: _Chip) -> str:
 
 
 def _coco_split(
-    chips: list[_Chip], scenes: list[_Scene], split: str, chip_size: int, first_ids: list[int]
+    chips: list[ChipRecord], scenes: list[_Scene], split: str, chip_size: int, first_ids: list[int]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """COCO images and annotations of one split.
 

@@ -26,7 +26,7 @@ from conftest import (
 )
 
 import fieldseg
-import fieldseg.tiling
+import fieldseg.chip_writer
 from fieldseg.cli import main
 
 TILE = ["--chip-size", str(CHIP), "--overlap", str(OVERLAP)]
@@ -361,7 +361,7 @@ def test_tile_cli_ctrl_c_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
     listing: Callable[[Path], list[str]],
 ) -> None:
-    real = fieldseg.tiling.write_geotiff
+    real = fieldseg.chip_writer.write_geotiff
     written: list[int] = []
 
     def interrupted(*args: object, **kwargs: object) -> None:
@@ -370,7 +370,7 @@ def test_tile_cli_ctrl_c_leaves_nothing(
         written.append(1)
         real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fieldseg.tiling, "write_geotiff", interrupted)
+    monkeypatch.setattr(fieldseg.chip_writer, "write_geotiff", interrupted)
     parent = tmp_path / "p"
     parent.mkdir()
     result = run("tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", parent / "o")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +46,7 @@ from pycocotools.coco import COCO
 from rasterio.crs import CRS
 from shapely.geometry.base import BaseGeometry
 
-import fieldseg.tiling
+import fieldseg.chip_writer
 from fieldseg.coco_format import decode_mask
 from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
@@ -632,7 +633,7 @@ def test_failure_midway_leaves_nothing_behind(
 ) -> None:
     parent = tmp_path / "parent"
     parent.mkdir()
-    real = fieldseg.tiling.write_geotiff
+    real = fieldseg.chip_writer.write_geotiff
     calls: list[Path] = []
 
     def failing(path: Path, *args: object, **kwargs: object) -> None:
@@ -641,7 +642,7 @@ def test_failure_midway_leaves_nothing_behind(
         calls.append(Path(path))
         real(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fieldseg.tiling, "write_geotiff", failing)
+    monkeypatch.setattr(fieldseg.chip_writer, "write_geotiff", failing)
     with pytest.raises(error):
         _tile(basic_scene, parent / "out")
     assert len(calls) == 4
@@ -662,7 +663,7 @@ def test_failure_during_overwrite_keeps_the_old_dataset(
     def failing(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fieldseg.tiling, "write_geotiff", failing)
+    monkeypatch.setattr(fieldseg.chip_writer, "write_geotiff", failing)
     with pytest.raises(KeyboardInterrupt):
         _tile(basic_scene, out, overwrite=True)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -897,3 +898,25 @@ def test_failed_run_creates_no_directories(tmp_path: Path, basic_scene: SceneFix
             [basic_scene.scene], tmp_path / "missing.gpkg", tmp_path / "new" / "deeper" / "ds"
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# worker processes
+# --------------------------------------------------------------------------------------------
+def test_worker_processes_write_the_same_dataset(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    """Cutting chips in two worker processes gives byte-identical chips and the same COCO."""
+    _tile(basic_scene, tmp_path / "one", split="0.6,0.2,0.2", block_size=96, workers=1)
+    _tile(basic_scene, tmp_path / "two", split="0.6,0.2,0.2", block_size=96, workers=2)
+    for name in ("train.json", "val.json", "test.json"):
+        one = json.loads((tmp_path / "one" / name).read_text())
+        two = json.loads((tmp_path / "two" / name).read_text())
+        assert one["images"] == two["images"] and one["annotations"] == two["annotations"]
+    assert (tmp_path / "one" / "dataset.json").read_text() == (
+        tmp_path / "two" / "dataset.json"
+    ).read_text()
+    chips_one = sorted((tmp_path / "one" / "chips").rglob("*.tif"))
+    chips_two = sorted((tmp_path / "two" / "chips").rglob("*.tif"))
+    assert [p.name for p in chips_one] == [p.name for p in chips_two] and chips_one
+    for a, b in zip(chips_one, chips_two, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    assert not list((tmp_path / "two").glob(".labels-*"))

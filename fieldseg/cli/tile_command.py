@@ -59,6 +59,11 @@ from fieldseg.cli.options import overwrite_option, seed_option
     show_default=True,
     help="GeoTIFF compression of the chips (zstd: fast; deflate: most portable).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes cutting chips [default: one per core, up to 8; one for small jobs].",
+)
 @seed_option
 @overwrite_option
 def tile(
@@ -76,6 +81,7 @@ def tile(
     max_nodata: float,
     nodata: float | None,
     compress: str,
+    workers: int | None,
     seed: int,
     overwrite: bool,
 ) -> None:
@@ -103,6 +109,7 @@ def tile(
         seed=seed,
         block_size=block_size,
         compress=compress,
+        workers=workers,
         overwrite=overwrite,
     )
     for line in summary.lines():
