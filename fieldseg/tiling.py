@@ -479,17 +479,58 @@ def _write_chips(
     Scenes go one at a time: their labels are rasterised into a file beside the output, then
     their chips are cut in batches, in order, so the result does not depend on ``workers``.
     """
+
+    def outcomes(pool: Executor | None) -> Iterator[ChipRecord | str]:
+        for index, scene in enumerate(scenes):
+            if not scene.windows:
+                continue
+            info = scene.info
+            labels = SceneLabels(
+                scene.geometries,
+                transform=info.transform,
+                width=info.width,
+                height=info.height,
+                chip_size=chip_size,
+                path=out_dir / f".labels-{scene.scene_id}.npy",
+            )
+            try:
+                job = SceneJob(
+                    scene_index=index,
+                    scene_id=scene.scene_id,
+                    path=info.path,
+                    width=info.width,
+                    height=info.height,
+                    transform=info.transform,
+                    crs=info.crs,
+                    band_names=info.band_names,
+                    nodata=scene.nodata,
+                    labels_path=labels.path,
+                    field_ids=scene.field_ids,
+                    category_ids=np.array([category_ids[c] for c in scene.categories], dtype=int),
+                    splits=scene.splits,
+                    field_pixels=labels.field_pixels,
+                    min_piece_pixels=sliver_rule.min_pixels,
+                    min_piece_share=sliver_rule.min_share,
+                    sparse=sparse,
+                    max_nodata=max_nodata,
+                    compress=compress,
+                    out_dir=out_dir,
+                )
+                # a few batches per worker: enough to balance the load, few enough that sending
+                # the job (its per-field arrays) stays cheap
+                size = max(1, min(32, math.ceil(len(scene.windows) / (4 * workers))))
+                windows = scene.windows
+                batches = [windows[i : i + size] for i in range(0, len(windows), size)]
+                cut = partial(cut_chips, job)
+                for batch in pool.map(cut, batches) if pool is not None else map(cut, batches):
+                    yield from batch
+            finally:
+                labels.close()
+
     chips: list[ChipRecord] = []
     total = sum(len(s.windows) for s in scenes)
     with _executor(workers) as pool:
-        outcomes = progress(
-            _cut_scenes(scenes, out_dir, category_ids, sliver_rule, max_nodata, compress,
-                        chip_size=chip_size, sparse=sparse, pool=pool, workers=workers),
-            total=total,
-            desc="tiling",
-            unit="chip",
-        )  # fmt: skip
-        for outcome in outcomes:
+        for outcome in progress(outcomes(pool), total=total, desc="tiling", unit="chip"):
             if outcome == SKIPPED_NODATA:
                 summary.skipped_nodata += 1
             elif outcome == SKIPPED_NO_DRAWN_FIELD:
@@ -499,70 +540,6 @@ def _write_chips(
                 summary.slivers_dropped += outcome.slivers
                 chips.append(outcome)
     return chips
-
-
-def _cut_scenes(
-    scenes: list[_Scene],
-    out_dir: Path,
-    category_ids: dict[str, int],
-    sliver_rule: SliverRule,
-    max_nodata: float,
-    compress: str,
-    *,
-    chip_size: int,
-    sparse: bool,
-    pool: Executor | None,
-    workers: int,
-) -> Iterator[ChipRecord | str]:
-    """The outcome of every candidate chip, scene by scene, in candidate order."""
-    for index, scene in enumerate(scenes):
-        if not scene.windows:
-            continue
-        info = scene.info
-        labels = SceneLabels(
-            scene.geometries,
-            transform=info.transform,
-            width=info.width,
-            height=info.height,
-            chip_size=chip_size,
-            path=out_dir / f".labels-{scene.scene_id}.npy",
-        )
-        try:
-            job = SceneJob(
-                scene_index=index,
-                scene_id=scene.scene_id,
-                path=info.path,
-                width=info.width,
-                height=info.height,
-                transform=info.transform,
-                crs=info.crs,
-                band_names=info.band_names,
-                nodata=scene.nodata,
-                labels_path=labels.path,
-                field_ids=scene.field_ids,
-                category_ids=np.array([category_ids[c] for c in scene.categories], dtype=int),
-                splits=scene.splits,
-                field_pixels=labels.field_pixels,
-                min_piece_pixels=sliver_rule.min_pixels,
-                min_piece_share=sliver_rule.min_share,
-                sparse=sparse,
-                max_nodata=max_nodata,
-                compress=compress,
-                out_dir=out_dir,
-            )
-            # a few batches per worker: enough to balance the load, few enough that sending
-            # the job (its per-field arrays) stays cheap
-            size = max(1, min(32, math.ceil(len(scene.windows) / (4 * workers))))
-            batches = [scene.windows[i : i + size] for i in range(0, len(scene.windows), size)]
-            results = (
-                pool.map(partial(cut_chips, job), batches)
-                if pool is not None
-                else map(partial(cut_chips, job), batches)
-            )
-            for batch in results:
-                yield from batch
-        finally:
-            labels.close()
 
 
 @contextlib.contextmanager

@@ -24,9 +24,11 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from click.testing import CliRunner, Result
 from rasterio import features
 from shapely.geometry.base import BaseGeometry
 
+from fieldseg.cli import main
 from fieldseg.coco_format import decode_mask
 from fieldseg.raster_io import write_geotiff
 
@@ -463,3 +465,35 @@ def check_against_truth(
             )
         counts["chips"] += 1
     return counts
+
+
+# --------------------------------------------------------------------------------------------
+# running the command line
+# --------------------------------------------------------------------------------------------
+def run(*args: str | Path) -> Result:
+    """Invoke ``fieldseg ARGS`` in-process."""
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def stdout_of(result: Result) -> str:
+    return getattr(result, "stdout", result.output)
+
+
+def stderr_of(result: Result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # click < 8.2 without separate stderr
+        return result.output
+
+
+def assert_user_error(result: Result, *fragments: str) -> str:
+    """Exit 1, exactly one 'Error: ...' line on stderr holding ``fragments``, no traceback."""
+    err = stderr_of(result)
+    assert result.exit_code == 1, (result.exit_code, result.output, err, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]

@@ -11,53 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from click.testing import CliRunner, Result
 from conftest import (
     BAND_NAMES,
     CHIP,
     FIELDS,
     OVERLAP,
     SceneFixture,
+    assert_user_error,
     check_against_truth,
     px_box,
     read_dataset,
+    run,
+    stderr_of,
+    stdout_of,
     write_labels,
     write_scene,
 )
 
 import fieldseg
 import fieldseg.chip_writer
-from fieldseg.cli import main
 
 TILE = ["--chip-size", str(CHIP), "--overlap", str(OVERLAP)]
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def stdout_of(result: Result) -> str:
-    return getattr(result, "stdout", result.output)
-
-
-def stderr_of(result: Result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # click < 8.2 without separate stderr
-        return result.output
-
-
-def assert_user_error(result: Result, *fragments: str) -> str:
-    """Exit 1, exactly one 'Error: ...' line on stderr holding ``fragments``, no traceback."""
-    err = stderr_of(result)
-    assert result.exit_code == 1, (result.exit_code, result.output, err, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    errors = [line for line in err.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, err
-    assert "Traceback" not in err and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 # --------------------------------------------------------------------------------------------

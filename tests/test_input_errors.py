@@ -22,7 +22,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from click.testing import CliRunner, Result
+from click.testing import Result
 from conftest import (
     BAND_NAMES,
     CHIP,
@@ -30,15 +30,17 @@ from conftest import (
     FIELDS,
     OVERLAP,
     SceneFixture,
+    assert_user_error,
     px_box,
     read_dataset,
+    run,
+    stderr_of,
     to_world,
     write_labels,
     write_scene,
 )
 
 from fieldseg.atomic_output import OutputPathError
-from fieldseg.cli import main
 from fieldseg.errors import ConfigError, CRSError, FieldsegError, InputFileError
 from fieldseg.labels import load_field_labels
 from fieldseg.splits import parse_fractions
@@ -48,33 +50,6 @@ from fieldseg.tiling import tile_scenes
 
 TILE = ["--chip-size", str(CHIP), "--overlap", str(OVERLAP), "--split", "1,0,0"]
 Listing = Callable[[Path], list[str]]
-
-
-# --------------------------------------------------------------------------------------------
-# helpers (minimal equivalents of those in test_cli.py, which is not importable as a helper)
-# --------------------------------------------------------------------------------------------
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def stderr_of(result: Result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # click < 8.2 without separate stderr
-        return result.output
-
-
-def assert_user_error(result: Result, *fragments: str) -> str:
-    """Exit 1, exactly one 'Error: ...' line on stderr holding ``fragments``, no traceback."""
-    err = stderr_of(result)
-    assert result.exit_code == 1, (result.exit_code, result.output, err, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    errors = [line for line in err.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, err
-    assert "Traceback" not in err and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 def temp_entries(folder: Path) -> list[str]:
