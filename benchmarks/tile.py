@@ -90,12 +90,14 @@ def main() -> None:
         "tile_s": round(min(tiled), 3),
         "chips_per_s": round(chips / min(tiled), 1),
         "ratio_to_bare_read": round(min(tiled) / min(bare), 2),
+        "phases_s": {k: round(v, 2) for k, v in summary.timings.items()},
         "target_ratio": 3.0,
     }
     print(
         f"tile: {result['chips_per_s']} chips/s; bare read {result['bare_read_s']} s, "
         f"tile {result['tile_s']} s: {result['ratio_to_bare_read']}x the bare read (target <= 3x)"
     )
+    print("phases (s): " + ", ".join(f"{k} {v}" for k, v in result["phases_s"].items()))
     print(json.dumps(result))
 
 

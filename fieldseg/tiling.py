@@ -12,6 +12,7 @@ import logging
 import math
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class TileSummary:
     fields_in_dataset: int = 0
     labels: FieldLabels | None = None
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     @property
     def chips_written(self) -> int:
@@ -210,12 +212,16 @@ def tile_scenes(
     output = check_output_path(output, overwrite=overwrite, marker=DESCRIPTION_FILE, inputs=inputs)
     mode: LabelMode = "sparse" if sparse else ("label_extent" if label_extent else "complete")
 
+    lap = _Laps()
+    logger.info("reading labels from %s", labels)
     field_labels = load_field_labels(labels, class_column=class_column, split_column=split_column)
+    lap("labels")
     category_ids = {name: i for i, name in enumerate(field_labels.categories, start=1)}
     prepared, summary = _prepare_scenes(
         scenes, field_labels, nodata, chip_size, overlap, mode, label_extent, output
     )
     summary.labels = field_labels
+    lap("scenes")
     # splits are decided in the first scene's CRS and pixel size, shared by every scene
     pixel_side = float(np.sqrt(abs(prepared[0].info.transform.determinant)))
     if fractions is not None and block_size is None:
@@ -240,6 +246,7 @@ def tile_scenes(
             sparse=sparse,
             workers=workers if workers is not None else default_workers(summary.candidate_chips),
         )
+        lap("chips")
         if not chips:
             raise InputFileError(
                 f"no chip was written: all {summary.candidate_chips} candidate chips have more "
@@ -259,8 +266,10 @@ def tile_scenes(
             if not kept:
                 (tmp / chip.file_name).unlink()
         chips = [c for c, kept in zip(chips, keep, strict=True) if kept]
+        lap("splits")
 
         statistics = _train_statistics(chips, prepared, tmp, seed)
+        lap("statistics")
         if not statistics:
             dropped = summary.dropped_split_overlap
             raise InputFileError(
@@ -335,9 +344,25 @@ def tile_scenes(
             ],
         )
         description.save(tmp / DESCRIPTION_FILE)
+    lap("coco")
+    summary.timings = lap.timings
+    logger.debug("timings (s): %s", ", ".join(f"{k} {v:.2f}" for k, v in lap.timings.items()))
     for line in summary.warnings:
         logger.warning(line)
     return summary
+
+
+class _Laps:
+    """Seconds spent in each phase, for ``-v`` and the benchmark."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings[phase] = now - self._start
+        self._start = now
 
 
 def default_block_size(
@@ -485,6 +510,7 @@ def _write_chips(
             if not scene.windows:
                 continue
             info = scene.info
+            logger.debug("rasterising %d fields on scene %s", len(scene.fields), scene.scene_id)
             labels = SceneLabels(
                 scene.geometries,
                 transform=info.transform,
