@@ -50,6 +50,8 @@ def check_output_path(
         source = Path(item).resolve()
         if source == resolved or resolved in source.parents:
             raise OutputPathError(f"output {path} would replace the input {item}")
+    if marker is not None and path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output {path} is a file; the output is a folder")
     if path.is_dir():
         if any(path.iterdir()):
             if not overwrite:
@@ -84,11 +86,18 @@ def _parent_folders(path: Path) -> Iterator[None]:
         raise
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only portable way to read it; done once, at import
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def _umask_mode(mode: int) -> int:
     """``mode`` less the process umask (what a plain ``mkdir``/``open`` would give)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
+    return mode & ~_UMASK
 
 
 def _remove(path: Path) -> None:

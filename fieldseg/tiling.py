@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -53,7 +54,7 @@ from fieldseg.dataset_description import (
     SplitMethod,
     SplitRecord,
 )
-from fieldseg.errors import ConfigError, InputFileError
+from fieldseg.errors import ConfigError, FieldsegError, InputFileError
 from fieldseg.labels import SPLITS, FieldLabels, load_field_labels, to_crs_valid
 from fieldseg.progress import progress
 from fieldseg.raster_io import (
@@ -166,7 +167,7 @@ def tile_scenes(
     min_piece_pixels: int = 10,
     min_piece_share: float = 0.02,
     compress: str = "zstd",
-    workers: int | None = None,
+    workers: int | None = 1,
     overwrite: bool = False,
 ) -> TileSummary:
     """Cut labelled scenes into chips with COCO annotations, splits and band statistics.
@@ -189,8 +190,9 @@ def tile_scenes(
         min_piece_pixels: a clipped piece of a field with fewer pixels is dropped.
         min_piece_share: a clipped piece with a smaller share of its field is dropped.
         compress: GeoTIFF compression of the chips (zstd is fast; deflate the most portable).
-        workers: processes cutting chips (default: see :func:`default_workers`); the output
-            is the same whatever the number.
+        workers: processes cutting chips; None picks them (see :func:`default_workers`). The
+            output is the same whatever the number. More than one starts worker processes,
+            which re-import the calling script: guard it with ``if __name__ == "__main__":``.
         overwrite: replace an existing dataset.
 
     Returns:
@@ -244,7 +246,7 @@ def tile_scenes(
             summary,
             chip_size=chip_size,
             sparse=sparse,
-            workers=workers if workers is not None else default_workers(summary.candidate_chips),
+            workers=workers or default_workers(sum(len(s.windows) for s in prepared)),
         )
         lap("chips")
         if not chips:
@@ -446,7 +448,8 @@ def _prepare_scenes(
         xmin, ymin, xmax, ymax = transform_bounds(
             info.crs, labels.fields.crs, *_bounds(info), densify_pts=21
         )
-        nearby = labels.fields.cx[xmin:xmax, ymin:ymax]
+        # (bounds across the antimeridian come back with xmin > xmax: no cut then)
+        nearby = labels.fields.cx[xmin:xmax, ymin:ymax] if xmin <= xmax else labels.fields
         fields = to_crs_valid(nearby, info.crs)
         fields = fields[fields.intersects(scene_box)].reset_index(drop=True)
         geometries = fields.geometry.to_numpy()
@@ -457,10 +460,9 @@ def _prepare_scenes(
             inside = [aoi.covers(_window_box(info, w)) for w in windows]
             summary.skipped_outside_extent += inside.count(False)
             windows = [w for w, ok in zip(windows, inside, strict=True) if ok]
-        tree = shapely.STRtree(geometries)
         if mode == "sparse":
             boxes = [_window_box(info, w) for w in windows]
-            hits = tree.query(boxes, predicate="intersects")
+            hits = shapely.STRtree(geometries).query(boxes, predicate="intersects")
             with_field = set(hits[0].tolist())
             summary.skipped_no_drawn_field += len(windows) - len(with_field)
             windows = [w for i, w in enumerate(windows) if i in with_field]
@@ -513,11 +515,15 @@ def _write_chips(
             logger.debug("rasterising %d fields on scene %s", len(scene.fields), scene.scene_id)
             labels = SceneLabels(
                 scene.geometries,
+                field_ids=scene.field_ids,
+                category_ids=np.array([category_ids[c] for c in scene.categories], dtype=int),
+                splits=scene.splits,
                 transform=info.transform,
                 width=info.width,
                 height=info.height,
                 chip_size=chip_size,
-                path=out_dir / f".labels-{scene.scene_id}.npy",
+                workdir=out_dir,
+                scene_id=scene.scene_id,
             )
             try:
                 job = SceneJob(
@@ -530,11 +536,8 @@ def _write_chips(
                     crs=info.crs,
                     band_names=info.band_names,
                     nodata=scene.nodata,
-                    labels_path=labels.path,
-                    field_ids=scene.field_ids,
-                    category_ids=np.array([category_ids[c] for c in scene.categories], dtype=int),
-                    splits=scene.splits,
-                    field_pixels=labels.field_pixels,
+                    labels_path=labels.labels_path,
+                    fields_path=labels.fields_path,
                     min_piece_pixels=sliver_rule.min_pixels,
                     min_piece_share=sliver_rule.min_share,
                     sparse=sparse,
@@ -542,8 +545,7 @@ def _write_chips(
                     compress=compress,
                     out_dir=out_dir,
                 )
-                # a few batches per worker: enough to balance the load, few enough that sending
-                # the job (its per-field arrays) stays cheap
+                # a few batches per worker: enough to balance the load
                 size = max(1, min(32, math.ceil(len(scene.windows) / (4 * workers))))
                 windows = scene.windows
                 batches = [windows[i : i + size] for i in range(0, len(windows), size)]
@@ -570,24 +572,40 @@ def _write_chips(
 
 @contextlib.contextmanager
 def _executor(workers: int) -> Iterator[Executor | None]:
-    """A process pool for ``workers`` > 1 (None: work in this process)."""
+    """A process pool for ``workers`` > 1 (None: work in this process).
+
+    On an error the queued batches are cancelled; a worker that dies (killed by the system for
+    lack of memory, say) ends the run with one clear message.
+    """
     if workers <= 1:
         yield None
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
         yield pool
+    except BrokenProcessPool as exc:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise FieldsegError(
+            "a tiling worker process died (out of memory?); try fewer --workers"
+        ) from exc
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
 
 
-def default_workers(candidate_chips: int) -> int:
-    """Worker processes for tiling: one per core (at most 8), one for small jobs.
+def default_workers(chips: int) -> int:
+    """Worker processes for tiling ``chips`` chips: one per usable core, at most 8.
 
-    Starting a worker costs about a second of imports, more than small jobs take in all.
+    Small jobs get one: starting a worker costs about a second of imports.
     """
-    if candidate_chips < 200:
+    if chips < 200:
         return 1
-    return max(1, min(8, os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, cores or 1))
 
 
 def _train_statistics(

@@ -7,9 +7,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
+import shapely.ops
 from affine import Affine
 from conftest import (
     BAND_NAMES,
@@ -47,9 +50,11 @@ from rasterio.crs import CRS
 from shapely.geometry.base import BaseGeometry
 
 import fieldseg.chip_writer
+from fieldseg.atomic_output import OutputPathError
 from fieldseg.coco_format import decode_mask
 from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
+from fieldseg.raster_io import write_geotiff
 from fieldseg.tiling import TileSummary, tile_scenes
 
 ALL_IDS = set(FIELD_IDS.values())
@@ -613,10 +618,14 @@ def test_empty_output_directory_is_accepted(tmp_path: Path, basic_scene: SceneFi
     assert len(ds.images) == 9
 
 
-def test_existing_file_as_output_is_refused(tmp_path: Path, basic_scene: SceneFixture) -> None:
-    (tmp_path / "out").write_text("x")
-    with pytest.raises(OutputExistsError, match="exists; pass --overwrite"):
-        _tile(basic_scene, tmp_path / "out")
+def test_existing_file_as_output_is_refused_even_with_overwrite(
+    tmp_path: Path, basic_scene: SceneFixture
+) -> None:
+    (tmp_path / "out").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="is a file; the output is a folder"):
+            _tile(basic_scene, tmp_path / "out", overwrite=overwrite)
+    assert (tmp_path / "out").read_text() == "precious"
 
 
 class _Boom(RuntimeError):
@@ -920,3 +929,36 @@ def test_worker_processes_write_the_same_dataset(tmp_path: Path, basic_scene: Sc
     for a, b in zip(chips_one, chips_two, strict=True):
         assert a.read_bytes() == b.read_bytes()
     assert not list((tmp_path / "two").glob(".labels-*"))
+
+
+def test_labels_across_the_antimeridian_are_found(tmp_path: Path) -> None:
+    """A UTM 60S scene over 180° with labels in EPSG:4326 on both sides of the antimeridian."""
+    from pyproj import Transformer
+
+    x0, y0 = 818_000.0, 8_119_000.0  # about 17°S, 179.99°E to 179.99°W
+    transform = Affine(10, 0, x0, 0, -10, y0)
+    data = np.full((4, 260, 300), 500, dtype=np.uint16)
+    scene = tmp_path / "fiji.tif"
+    write_geotiff(scene, data, transform=transform, crs=CRS.from_epsg(32760))
+    to_lonlat = Transformer.from_crs(32760, 4326, always_xy=True)
+    west = shapely.box(x0 + 200, y0 - 1200, x0 + 1200, y0 - 200)  # east of 180: lon > 0
+    east = shapely.box(x0 + 1800, y0 - 1200, x0 + 2800, y0 - 200)  # west of 180: lon < 0
+    fields = [shapely.ops.transform(to_lonlat.transform, g) for g in (west, east)]
+    assert fields[0].bounds[0] > 0 > fields[1].bounds[2]
+    labels = tmp_path / "fields.gpkg"
+    gpd.GeoDataFrame(geometry=fields, crs=4326).to_file(labels)
+    summary = tile_scenes([scene], labels, tmp_path / "out", chip_size=128, overlap=32,
+                          split="1,0,0")  # fmt: skip
+    assert summary.fields_in_dataset == 2
+
+
+def test_a_chip_that_cannot_be_written_is_one_clear_error(
+    tmp_path: Path, basic_scene: SceneFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fieldseg.chip_writer, "write_geotiff", disk_full)
+    with pytest.raises(OutputPathError, match=r"cannot write chip .*No space left on device"):
+        _tile(basic_scene, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

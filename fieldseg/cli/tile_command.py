@@ -109,7 +109,7 @@ def tile(
         seed=seed,
         block_size=block_size,
         compress=compress,
-        workers=workers,
+        workers=workers,  # None: one per core on large jobs
         overwrite=overwrite,
     )
     for line in summary.lines():
