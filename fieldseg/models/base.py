@@ -1,0 +1,123 @@
+"""The model interface: what the trainer, the predictor and the stitcher rely on.
+
+Every model family is a :class:`FieldModel`. It is built from its resolved config and the
+dataset's bands; it normalises raw pixels itself (:class:`BandNormaliser`, from the band
+statistics the checkpoint carries), so callers always pass raw pixels; a training step returns
+named losses; prediction returns, per chip, instances with soft masks and the evidence the
+stitcher needs. The contract is written down in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fieldseg.band_statistics import BandStatistics
+
+
+@dataclass
+class ChipPrediction:
+    """The instances a model finds in one chip, in chip pixels.
+
+    Attributes:
+        masks: (N, H, W) float32 mask probabilities (soft, not thresholded).
+        scores: (N,) instance confidence.
+        labels: (N,) int64 category ids (as in the dataset's COCO files).
+        touches_edge: (N,) bool, True where the chip edge cuts the instance (its mask at 0.5
+            reaches the outermost row or column), so a piece of a larger field.
+        dense: optional per-pixel outputs of families that have them, e.g. ``{"extent": (H, W),
+            "boundary": (H, W)}`` probabilities; empty for instance-only families.
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    touches_edge: torch.Tensor
+    dense: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+class BandNormaliser(nn.Module):
+    """Raw pixels -> model input: clip to the 2nd-98th percentile, standardise, zero nodata.
+
+    The statistics are buffers, so they travel inside the checkpoint's state dict and a model
+    can never be fed with other statistics than those it was trained with.
+    """
+
+    def __init__(self, statistics: Sequence[BandStatistics], nodata: float | None) -> None:
+        super().__init__()
+        self.register_buffer("low", torch.tensor([s.p2 for s in statistics]).view(-1, 1, 1))
+        self.register_buffer("high", torch.tensor([s.p98 for s in statistics]).view(-1, 1, 1))
+        self.register_buffer("mean", torch.tensor([s.mean for s in statistics]).view(-1, 1, 1))
+        std = torch.tensor([max(s.std, 1e-6) for s in statistics]).view(-1, 1, 1)
+        self.register_buffer("std", std)
+        self.nodata = nodata
+
+    def valid(self, image: torch.Tensor) -> torch.Tensor:
+        """(H, W) True where no band is nodata or NaN (the nodata rule of docs/formats.md)."""
+        invalid = torch.isnan(image).any(dim=0)
+        if self.nodata is not None:
+            invalid |= (image == self.nodata).any(dim=0)
+        return ~invalid
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalise one (bands, H, W) chip of raw pixels."""
+        valid = self.valid(image)
+        clipped = torch.minimum(torch.maximum(image, self.low), self.high)
+        out = (clipped - self.mean) / self.std
+        return torch.where(valid, out, torch.zeros_like(out))
+
+
+class FieldModel(nn.Module, ABC):
+    """A model family behind the one interface the rest of fieldseg uses.
+
+    Args:
+        band_names: the dataset's bands, in order.
+        statistics: their normalisation statistics (from dataset.json, then the checkpoint).
+        nodata: the dataset's nodata value.
+    """
+
+    family: ClassVar[str]
+
+    def __init__(
+        self, band_names: Sequence[str], statistics: Sequence[BandStatistics], nodata: float | None
+    ) -> None:
+        super().__init__()
+        if len(statistics) != len(band_names):
+            raise ValueError("one statistics entry per band is needed")
+        self.band_names = tuple(band_names)
+        self.normaliser = BandNormaliser(statistics, nodata)
+
+    def normalise(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Normalised copies of raw chips."""
+        return [self.normaliser(image) for image in images]
+
+    @abstractmethod
+    def training_step(
+        self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        """Named losses for a batch of raw chips and their targets (see ChipDataset)."""
+
+    @abstractmethod
+    def predict(self, images: Sequence[torch.Tensor]) -> list[ChipPrediction]:
+        """Instances in each raw chip."""
+
+
+def touches_edge(masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(N,) True where a (N, H, W) mask reaches the first or last row or column."""
+    binary = masks > threshold
+    if binary.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool, device=masks.device)
+    return (
+        binary[:, 0, :].any(dim=1)
+        | binary[:, -1, :].any(dim=1)
+        | binary[:, :, 0].any(dim=1)
+        | binary[:, :, -1].any(dim=1)
+    )
