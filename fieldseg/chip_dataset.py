@@ -64,6 +64,7 @@ class ChipDataset(Dataset[tuple[torch.Tensor, Target]]):
             coco = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputFileError(f"cannot read the {split} split of {self.root}: {exc}") from exc
+        self.coco_document: dict[str, Any] = coco
         self.images: list[dict[str, Any]] = coco["images"]
         if not self.images:
             raise InputFileError(f"the {split} split of {self.root} holds no chips")

@@ -15,7 +15,7 @@ from fieldseg.band_statistics import BandStatistics
 from fieldseg.chip_dataset import ChipDataset
 from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError, InputFileError
-from fieldseg.models import build_model, model_config
+from fieldseg.models import ModelSpec, build_model, model_config
 from fieldseg.models.base import BandNormaliser, touches_edge
 from fieldseg.models.input_layer import adapt_first_conv, load_weights_file, rgb_channels
 from fieldseg.models.maskrcnn import MaskRCNNConfig, MaskRCNNFieldModel
@@ -79,7 +79,7 @@ def test_training_step_gives_finite_losses_that_train(basic_dataset: Dataset) ->
     description = DatasetDescription.load(basic_dataset.root)
     config = model_config({"family": "maskrcnn", "backbone": "resnet18"})
     torch.manual_seed(0)
-    model = build_model(config, description)
+    model = build_model(config, ModelSpec.from_description(description))
     data = ChipDataset(basic_dataset.root, "train")
     images, targets = zip(*(data[i] for i in range(2)), strict=True)
     losses = model.training_step(list(images), list(targets))

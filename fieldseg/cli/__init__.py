@@ -17,6 +17,7 @@ from fieldseg import __version__
 from fieldseg.cli.stack_command import stack
 from fieldseg.cli.synth_command import synth
 from fieldseg.cli.tile_command import tile
+from fieldseg.cli.train_command import train
 from fieldseg.errors import FieldsegError
 
 EXIT_USER_ERROR = 1
@@ -56,8 +57,8 @@ def main(verbose: int, quiet: bool) -> None:
     """Find every agricultural field in satellite imagery as its own polygon.
 
     Typical order: `stack` band files into one scene, `tile` labelled scenes into a training
-    set; `synth` makes a labelled synthetic scene for trying things out. Run
-    `fieldseg COMMAND --help` for each command's options.
+    set, `train` a model on it; `synth` makes a labelled synthetic scene for trying things
+    out. Run `fieldseg COMMAND --help` for each command's options.
     """
     from fieldseg.progress import set_progress_enabled
 
@@ -68,5 +69,6 @@ def main(verbose: int, quiet: bool) -> None:
 main.add_command(synth)
 main.add_command(stack)
 main.add_command(tile)
+main.add_command(train)
 
 __all__ = ["main"]

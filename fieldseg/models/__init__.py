@@ -5,10 +5,12 @@ Adding a family is one module with its config class and model class, registered 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from fieldseg.band_statistics import BandStatistics
 from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError
 from fieldseg.models.base import ChipPrediction, FieldModel
@@ -33,20 +35,43 @@ def model_config(section: dict[str, Any]) -> BaseModel:
         raise ConfigError(f"{where}: {error['msg']}") from exc
 
 
-def build_model(
-    config: BaseModel, description: DatasetDescription, *, pretrained: str = "none"
-) -> FieldModel:
-    """Build the family's model for a dataset's bands, statistics and categories."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is built for: the dataset's bands, statistics, nodata, chips and classes.
+
+    It comes from the dataset description when training and from the checkpoint afterwards.
+    """
+
+    bands: tuple[str, ...]
+    statistics: tuple[BandStatistics, ...]
+    nodata: float | None
+    chip_size: int
+    categories: tuple[str, ...]
+
+    @classmethod
+    def from_description(cls, description: DatasetDescription) -> ModelSpec:
+        """The spec of a tiled dataset."""
+        return cls(
+            bands=tuple(description.bands),
+            statistics=tuple(description.normalisation),
+            nodata=description.nodata,
+            chip_size=description.chip_size,
+            categories=tuple(c.name for c in sorted(description.categories, key=lambda c: c.id)),
+        )
+
+
+def build_model(config: BaseModel, spec: ModelSpec, *, pretrained: str = "none") -> FieldModel:
+    """Build the family's model for ``spec`` (see :class:`ModelSpec`)."""
     model_class = FAMILIES[config.family][1]  # type: ignore[attr-defined]
     return model_class(
         config,  # type: ignore[arg-type]
-        description.bands,
-        description.normalisation,
-        description.nodata,
-        chip_size=description.chip_size,
-        num_classes=len(description.categories),
+        spec.bands,
+        spec.statistics,
+        spec.nodata,
+        chip_size=spec.chip_size,
+        num_classes=len(spec.categories),
         pretrained=pretrained,  # type: ignore[arg-type]
     )
 
 
-__all__ = ["FAMILIES", "ChipPrediction", "FieldModel", "build_model", "model_config"]
+__all__ = ["FAMILIES", "ChipPrediction", "FieldModel", "ModelSpec", "build_model", "model_config"]

@@ -1,0 +1,133 @@
+"""Checkpoints: self-contained, safe to share, and loadable from a file or a run folder.
+
+A checkpoint holds the model weights and everything needed to use them: the model family, the
+resolved run config, the band names and statistics, the nodata value, the chip size, the class
+names and the fieldseg version (see docs/formats.md). It holds plain types and tensors only, so
+it loads with ``torch.load(weights_only=True)``: opening a checkpoint someone shared cannot run
+code. Wherever a checkpoint is asked for, a run folder works too (meaning its ``best.pt``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fieldseg import __version__
+from fieldseg.atomic_output import atomic_file
+from fieldseg.band_statistics import BandStatistics
+from fieldseg.errors import InputFileError, first_line
+from fieldseg.models import FieldModel, ModelSpec, build_model, model_config
+
+CHECKPOINT_FORMAT = "fieldseg-checkpoint"
+CHECKPOINT_VERSION = 1
+BEST, LAST = "best.pt", "last.pt"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint (see the module docstring for what it holds)."""
+
+    data: dict[str, Any]
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What the model was built for."""
+        return ModelSpec(
+            bands=tuple(self.data["bands"]),
+            statistics=tuple(BandStatistics(**s) for s in self.data["statistics"]),
+            nodata=self.data["nodata"],
+            chip_size=int(self.data["chip_size"]),
+            categories=tuple(self.data["categories"]),
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved run config the model was trained with."""
+        return self.data["config"]
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return int(self.data["epoch"])
+
+    def build_model(self) -> FieldModel:
+        """The model with its trained weights, on the CPU, in eval mode."""
+        model = build_model(model_config(self.config["model"]), self.spec)
+        model.load_state_dict(self.data["state_dict"])
+        return model.eval()
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: FieldModel,
+    *,
+    config: dict[str, Any],
+    spec: ModelSpec,
+    epoch: int,
+    metrics: dict[str, float],
+    training_state: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically (a crash mid-write keeps the previous one).
+
+    Args:
+        path: the ``.pt`` file.
+        model: the model whose weights to save.
+        config: the resolved run config.
+        spec: bands, statistics, nodata, chip size and classes the model was built for.
+        epoch: epochs completed.
+        metrics: the latest validation metrics.
+        training_state: optimiser, schedule and history, for ``--resume``.
+    """
+    data = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "fieldseg_version": __version__,
+        "family": model.family,
+        "config": config,
+        "bands": list(spec.bands),
+        "statistics": [s.model_dump() for s in spec.statistics],
+        "nodata": spec.nodata,
+        "chip_size": spec.chip_size,
+        "categories": list(spec.categories),
+        "epoch": epoch,
+        "metrics": metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "training_state": training_state,
+    }
+    with atomic_file(path, overwrite=True) as tmp:
+        torch.save(data, tmp)
+
+
+def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file, or a run folder's ``best.pt`` (its ``last.pt`` if there is no best)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise InputFileError(f"{path} holds no {BEST} or {LAST}: not a fieldseg run folder")
+    if not path.is_file():
+        raise InputFileError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Load a checkpoint file or a run folder's best one, safely (``weights_only=True``).
+
+    Raises:
+        InputFileError: missing, unreadable, not a fieldseg checkpoint, or from a newer fieldseg.
+    """
+    file = resolve_checkpoint_path(path)
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and type errors all mean: not a usable checkpoint
+        raise InputFileError(f"cannot read checkpoint {file}: {first_line(exc)}") from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise InputFileError(f"{file} is not a fieldseg checkpoint")
+    if data.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise InputFileError(f"{file} was written by a newer fieldseg; upgrade fieldseg")
+    return Checkpoint(data)

@@ -1,0 +1,107 @@
+"""``fieldseg train``: dataset + config -> run folder with checkpoints and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fieldseg.cli.options import overwrite_option
+
+
+@click.command()
+@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="YAML run config, e.g. configs/maskrcnn_r18_cpu.yaml (not needed with --resume).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "run_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run folder: config.yaml, last.pt, best.pt, metrics.jsonl, metrics.csv.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), help="Override training.epochs.")
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this wall time (override training.max_minutes).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to train; auto picks CUDA when present.",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in the output folder.")
+@click.option(
+    "--pretrained",
+    type=click.Choice(["imagenet", "coco", "none"]),
+    default="none",
+    show_default=True,
+    help="Start from torchvision's weights (downloaded once).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="Start from a state dict on disk (e.g. a Sentinel-2 pretrained backbone).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config entry, e.g. --set optimizer.lr=3e-4 (repeatable).",
+)
+@overwrite_option
+def train(
+    dataset_dir: Path,
+    config_path: Path | None,
+    run_dir: Path,
+    epochs: int | None,
+    max_minutes: float | None,
+    device: str,
+    resume: bool,
+    pretrained: str,
+    weights: Path | None,
+    overrides: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """Train an instance model on a DATASET_DIR written by `fieldseg tile`.
+
+    Bands, their order and statistics come from the dataset; the recipe from the config. Every
+    epoch is validated with COCO mask and box mAP on the val split; the best epoch is kept as
+    OUTPUT/best.pt, the latest as OUTPUT/last.pt (both usable wherever a model is asked for).
+    """
+    from fieldseg.training import train as run_training
+
+    extra = list(overrides)
+    if epochs is not None:
+        extra.append(f"training.epochs={epochs}")
+    if max_minutes is not None:
+        extra.append(f"training.max_minutes={max_minutes}")
+    summary = run_training(
+        dataset_dir,
+        config_path,
+        run_dir,
+        overrides=extra,
+        device=device,
+        resume=resume,
+        pretrained=pretrained,
+        weights=weights,
+        overwrite=overwrite,
+    )
+    best = (
+        f"best val segm mAP {summary.best_metric:.3f} at epoch {summary.best_epoch}"
+        if summary.best_metric is not None
+        else "no validation"
+    )
+    click.echo(
+        f"run: {summary.run_dir}: {summary.epochs_done} epochs ({summary.stopped_because}); {best}"
+    )

@@ -1,0 +1,365 @@
+"""``fieldseg train``: a model family trained on a tiled dataset, on GPU or CPU.
+
+The loop is family-agnostic: the model gives named losses (:meth:`FieldModel.training_step`)
+and predictions (:meth:`FieldModel.predict`); the recipe (optimiser, schedule, augmentation)
+comes from the run config. Every epoch is validated with COCO segm and bbox mAP; metrics go to
+``metrics.jsonl`` and ``metrics.csv``; ``last.pt`` and ``best.pt`` are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from fieldseg.augmentation import ChipAugmentation
+from fieldseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from fieldseg.chip_dataset import ChipDataset, Target, collate_chips
+from fieldseg.coco_evaluation import evaluate_chip_predictions
+from fieldseg.dataset_description import DatasetDescription
+from fieldseg.errors import ConfigError, FieldsegError, InputFileError, OutputExistsError
+from fieldseg.models import FieldModel, ModelSpec, build_model, model_config
+from fieldseg.models.input_layer import load_weights_file
+from fieldseg.progress import progress
+from fieldseg.run_config import RunConfig, load_run_config, save_run_config
+
+logger = logging.getLogger(__name__)
+
+#: Metric that decides the best checkpoint and early stopping.
+SELECTION_METRIC = "segm_mAP"
+CONFIG_FILE = "config.yaml"
+
+
+class TrainingError(FieldsegError):
+    """Training cannot go on (a NaN loss, say); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainSummary:
+    """What a run did."""
+
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int | None
+    best_metric: float | None
+    stopped_because: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here")
+    if requested not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, not {requested!r}")
+    return torch.device(requested)
+
+
+def train(
+    dataset_dir: str | os.PathLike[str],
+    config_path: str | os.PathLike[str] | None,
+    run_dir: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    device: str = "auto",
+    resume: bool = False,
+    pretrained: str = "none",
+    weights: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> TrainSummary:
+    """Train a model on a tiled dataset and write a run folder.
+
+    Args:
+        dataset_dir: a folder written by ``fieldseg tile``.
+        config_path: the YAML run config (not needed with ``resume``: the run's own is used).
+        run_dir: the run folder: ``config.yaml``, ``last.pt``, ``best.pt``, ``metrics.*``.
+        overrides: ``section.key=value`` config overrides (``training.epochs=3``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        resume: continue the run in ``run_dir`` from its ``last.pt``.
+        pretrained: ``imagenet``, ``coco`` or ``none``.
+        weights: a state dict to start from (e.g. a Sentinel-2 pretrained backbone).
+        overwrite: start over in a ``run_dir`` that holds an earlier run.
+
+    Returns:
+        What the run did and why it stopped.
+    """
+    run_dir = Path(run_dir)
+    description = DatasetDescription.load(dataset_dir)
+    spec = ModelSpec.from_description(description)
+    resumed = _resume_state(run_dir) if resume else None
+    if resumed is not None:
+        config = load_run_config(base=resumed.config, overrides=list(overrides))
+        _check_same_bands(resumed.spec, spec)
+    else:
+        config = load_run_config(config_path, list(overrides))
+        _prepare_run_dir(run_dir, overwrite=overwrite)
+    save_run_config(config, run_dir / CONFIG_FILE)
+    resolved = config.resolved()
+
+    torch.manual_seed(config.training.seed)
+    chosen = select_device(device)
+    train_data = ChipDataset(
+        dataset_dir,
+        "train",
+        augmentation=ChipAugmentation(config.augmentation, description.bands),
+        seed=config.training.seed,
+    )
+    if train_data.n_instances == 0:
+        raise InputFileError(f"the train split of {dataset_dir} holds no annotated field")
+    val_data = _optional_split(dataset_dir, "val")
+
+    model = build_model(
+        model_config(config.model), spec, pretrained=pretrained if resumed is None else "none"
+    )
+    if weights is not None and resumed is None:
+        loaded, total = load_weights_file(model, weights)
+        logger.info("loaded %d of %d tensors from %s", loaded, total, weights)
+    model.to(chosen)
+    optimizer = _optimizer(config, model)
+    scheduler = _scheduler(config, optimizer)
+    amp = config.training.mixed_precision and chosen.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    best: tuple[int, float] | None = None
+    if resumed is not None:
+        model.load_state_dict(resumed.data["state_dict"])
+        state = resumed.data["training_state"]
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        start_epoch = resumed.epoch
+        best = tuple(state["best"]) if state["best"] is not None else None  # type: ignore[assignment]
+
+    workers = config.training.loader_workers
+    if workers is None:
+        workers = 4 if chosen.type == "cuda" else 0
+    generator = torch.Generator().manual_seed(config.training.seed)
+    loader = DataLoader(
+        train_data,
+        batch_size=config.training.batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=collate_chips,
+        num_workers=workers,
+        pin_memory=chosen.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    started = time.monotonic()
+    deadline = (
+        started + 60 * config.training.max_minutes if config.training.max_minutes else math.inf
+    )
+    stopped = "epochs done"
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, config.training.epochs + 1):
+        train_data.set_epoch(epoch)
+        generator.manual_seed(config.training.seed + epoch)
+        losses, out_of_time = _train_epoch(
+            model, loader, optimizer, scaler, chosen, config, epoch, deadline, amp
+        )
+        scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.monotonic() - started, 1),
+            **{f"train_{k}": v for k, v in losses.items()},
+        }
+        if val_data is not None:
+            record.update({f"val_{k}": v for k, v in _validate(model, val_data, config).items()})
+        history.append(record)
+        _log_metrics(run_dir, history)
+        metric = record.get(f"val_{SELECTION_METRIC}")
+        improved = (
+            metric is not None and not math.isnan(metric) and (best is None or metric > best[1])
+        )
+        if improved:
+            best = (epoch, float(metric))  # type: ignore[arg-type]
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+            "best": list(best) if best is not None else None,
+        }
+        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        save_checkpoint(run_dir / LAST, model, config=resolved, spec=spec, epoch=epoch,
+                        metrics=metrics, training_state=state)  # fmt: skip
+        if improved or val_data is None:
+            save_checkpoint(run_dir / BEST, model, config=resolved, spec=spec, epoch=epoch,
+                            metrics=metrics)  # fmt: skip
+        logger.info(_epoch_line(record))
+        if out_of_time:
+            stopped = f"--max-minutes {config.training.max_minutes:g} reached"
+            break
+        patience = config.training.early_stopping_patience
+        if patience is not None and best is not None and epoch - best[0] >= patience:
+            stopped = f"no better val {SELECTION_METRIC} for {patience} epochs"
+            break
+    return TrainSummary(
+        run_dir=run_dir,
+        epochs_done=epoch,
+        best_epoch=best[0] if best else None,
+        best_metric=best[1] if best else None,
+        stopped_because=stopped,
+        history=history,
+    )
+
+
+def _train_epoch(
+    model: FieldModel,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    config: RunConfig,
+    epoch: int,
+    deadline: float,
+    amp: bool,
+) -> tuple[dict[str, float], bool]:
+    """One pass over the train chips; mean losses, and whether the time budget ran out."""
+    model.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    bar = progress(loader, total=len(loader), desc=f"epoch {epoch}", unit="batch")
+    for images, targets in bar:
+        images_on = [image.to(device, non_blocking=True) for image in images]
+        targets_on = [_to_device(t, device) for t in targets]
+        with torch.autocast(device_type=device.type, enabled=amp):
+            losses = model.training_step(images_on, targets_on)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"the loss became {total.item()} at epoch {epoch}, step {steps + 1}; training "
+                f"stopped and {LAST} keeps the last good epoch (try a lower optimizer.lr)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if config.training.grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        steps += 1
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
+        if time.monotonic() > deadline:
+            break
+    means = {name: value / max(steps, 1) for name, value in sums.items()}
+    return means, time.monotonic() > deadline
+
+
+@torch.no_grad()
+def _validate(model: FieldModel, data: ChipDataset, config: RunConfig) -> dict[str, float]:
+    """COCO segm and bbox mAP of the model on a split."""
+    device = next(model.parameters()).device
+    predictions = {}
+    batch = config.training.batch_size
+    for start in range(0, len(data), batch):
+        items = [data[i] for i in range(start, min(start + batch, len(data)))]
+        outputs = model.predict([image.to(device) for image, _ in items])
+        for (_, target), output in zip(items, outputs, strict=True):
+            predictions[target["image_id"]] = output
+    return evaluate_chip_predictions(
+        data.coco_document, predictions, max_detections=config.training.max_detections
+    )
+
+
+def _optional_split(dataset_dir: str | os.PathLike[str], split: str) -> ChipDataset | None:
+    try:
+        return ChipDataset(dataset_dir, split)
+    except InputFileError as exc:
+        if "holds no chips" not in str(exc):
+            raise
+        logger.warning("the %s split is empty: no validation, every epoch saved as best", split)
+        return None
+
+
+def _resume_state(run_dir: Path) -> Any:
+    if not (run_dir / LAST).is_file():
+        raise InputFileError(f"--resume: {run_dir} holds no {LAST} to continue from")
+    checkpoint = load_checkpoint(run_dir / LAST)
+    if checkpoint.data.get("training_state") is None:
+        raise InputFileError(f"--resume: {run_dir / LAST} holds no training state")
+    return checkpoint
+
+
+def _prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(
+                f"run folder {run_dir} is not empty; pass --resume to continue it or "
+                "--overwrite to start over"
+            )
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise OutputExistsError(
+                f"{run_dir} holds no {CONFIG_FILE}: not a fieldseg run, so it is not replaced"
+            )
+        for name in (LAST, BEST, CONFIG_FILE, "metrics.jsonl", "metrics.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_same_bands(trained: ModelSpec, dataset: ModelSpec) -> None:
+    if trained.bands != dataset.bands:
+        raise ConfigError(
+            f"the run was trained on bands {list(trained.bands)}, the dataset has "
+            f"{list(dataset.bands)}"
+        )
+
+
+def _optimizer(config: RunConfig, model: FieldModel) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = config.optimizer
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
+    s = config.schedule
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.training.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _to_device(target: Target, device: torch.device) -> Target:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+
+
+def _log_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv from the whole history (small; survives resume)."""
+    with open(run_dir / "metrics.jsonl", "w") as out:
+        for record in history:
+            out.write(json.dumps(record) + "\n")
+    columns = list(dict.fromkeys(k for record in history for k in record))
+    with open(run_dir / "metrics.csv", "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    parts = [f"epoch {record['epoch']}", f"loss {record.get('train_loss', float('nan')):.3f}"]
+    for key in ("val_segm_mAP", "val_segm_AP50", "val_bbox_mAP"):
+        if key in record:
+            parts.append(f"{key[4:]} {record[key]:.3f}")
+    return ", ".join(parts)

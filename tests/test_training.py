@@ -1,0 +1,124 @@
+"""`fieldseg train` end to end on a tiny synthetic dataset, on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import assert_user_error, run
+
+from fieldseg.checkpoint import load_checkpoint
+from fieldseg.chip_dataset import ChipDataset
+from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
+from fieldseg.models.maskrcnn import MaskRCNNFieldModel
+from fieldseg.synthetic import synth
+from fieldseg.tiling import tile_scenes
+from fieldseg.training import TrainingError, select_device, train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_r18_cpu.yaml"
+FAST = ["training.batch_size=4", "model.rpn_post_nms_top_n_train=300",
+        "model.box_batch_size_per_image=128", "model.rpn_pre_nms_top_n_test=300",
+        "model.rpn_post_nms_top_n_test=200"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    synth(root / "scene.tif", root / "fields.gpkg", size=192, seed=3, bands=4, dates=1)
+    tile_scenes([root / "scene.tif"], root / "fields.gpkg", root / "dataset", chip_size=64,
+                overlap=0, split="0.7,0.3,0", block_size=64, seed=1)  # fmt: skip
+    return root / "dataset"
+
+
+@pytest.mark.slow
+def test_a_run_writes_checkpoints_metrics_and_config(tiny_dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    summary = train(tiny_dataset, CONFIG, run_dir, overrides=[*FAST, "training.epochs=2"])
+    assert summary.epochs_done == 2 and summary.stopped_because == "epochs done"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "best.pt", "config.yaml", "last.pt", "metrics.csv", "metrics.jsonl"]  # fmt: skip
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert 0.0 <= record["val_segm_mAP"] <= 1.0 and record["train_loss"] > 0
+        assert {"train_loss_mask", "val_bbox_mAP", "lr"} <= set(record)
+    assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["training"]["epochs"] == 2 and resolved["model"]["backbone"] == "resnet18"
+
+    # checkpoints: plain data (weights_only) and everything needed to predict
+    raw = torch.load(run_dir / "last.pt", weights_only=True)
+    assert raw["format"] == "fieldseg-checkpoint" and raw["family"] == "maskrcnn"
+    assert raw["bands"] == ["red_d1", "green_d1", "blue_d1", "nir_d1"]
+    assert raw["chip_size"] == 64 and raw["categories"] == ["field"] and raw["epoch"] == 2
+    assert len(raw["statistics"]) == 4 and raw["training_state"]["history"] == records
+
+    # a run folder works where a checkpoint is asked for, and reloads to identical predictions
+    best = load_checkpoint(run_dir)
+    assert best.epoch == summary.best_epoch
+    model = best.build_model()
+    again = load_checkpoint(run_dir / "best.pt").build_model()
+    image, _ = ChipDataset(tiny_dataset, "val")[0]
+    (one,), (two,) = model.predict([image]), again.predict([image])
+    assert torch.equal(one.scores, two.scores) and torch.equal(one.masks, two.masks)
+
+
+@pytest.mark.slow
+def test_resume_continues_the_epoch_count(tiny_dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    train(tiny_dataset, CONFIG, run_dir, overrides=[*FAST, "training.epochs=1"])
+    summary = train(tiny_dataset, None, run_dir, resume=True, overrides=["training.epochs=2"])
+    assert summary.epochs_done == 2
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert load_checkpoint(run_dir / "last.pt").epoch == 2
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    train(tiny_dataset, CONFIG, run_dir, overrides=[*FAST, "training.epochs=1"])
+
+    def nan_losses(self: object, images: object, targets: object) -> dict[str, torch.Tensor]:
+        return {"loss_mask": torch.tensor(float("nan"), requires_grad=True)}
+
+    monkeypatch.setattr(MaskRCNNFieldModel, "training_step", nan_losses)
+    with pytest.raises(TrainingError, match="the loss became nan at epoch 2"):
+        train(tiny_dataset, None, run_dir, resume=True, overrides=["training.epochs=2"])
+    assert load_checkpoint(run_dir / "last.pt").epoch == 1
+
+
+def test_bad_runs_are_clear_errors(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="not a fieldseg dataset"):
+        train(tmp_path, CONFIG, tmp_path / "run")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"--resume .* --overwrite"):
+        train(tiny_dataset, CONFIG, tmp_path / "busy")
+    with pytest.raises(OutputExistsError, match="not a fieldseg run"):
+        train(tiny_dataset, CONFIG, tmp_path / "busy", overwrite=True)
+    with pytest.raises(InputFileError, match=r"holds no last\.pt"):
+        train(tiny_dataset, None, tmp_path / "fresh", resume=True)
+    with pytest.raises(ConfigError, match=r"training\.epochs"):
+        train(tiny_dataset, CONFIG, tmp_path / "run", overrides=["training.epochs=0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            select_device("cuda")
+    assert select_device("cpu").type == "cpu"
+
+
+def test_cli_help_and_one_line_errors(tiny_dataset: Path, tmp_path: Path) -> None:
+    result = run("train", "--help")
+    assert result.exit_code == 0
+    for option in ("--config", "--output", "--epochs", "--max-minutes", "--device", "--resume",
+                   "--pretrained", "--weights", "--set", "--overwrite"):  # fmt: skip
+        assert option in result.output
+    assert_user_error(
+        run("train", tiny_dataset, "-c", CONFIG, "-o", tmp_path / "r", "--set", "training.x=1"),
+        "training.x",
+    )
