@@ -23,6 +23,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.errors import ConfigError
 from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
+from fieldseg.models.ignore_sampling import make_ignore_aware
 from fieldseg.models.input_layer import adapt_first_conv, download_weights
 
 #: Backbones and the torchvision names of their ImageNet weights.
@@ -58,6 +59,9 @@ class MaskRCNNConfig(BaseModel):
     box_score_thresh: float = Field(0.05, ge=0, le=1)
     box_nms_thresh: float = Field(0.5, ge=0, le=1)
     mask_resolution: Literal[28, 56] = Field(28, description="mask head output side")
+    ignore_share: float = Field(
+        0.5, gt=0, le=1, description="a would-be negative this much in ignore is not sampled"
+    )
 
 
 class MaskRCNNFieldModel(FieldModel):
@@ -141,6 +145,7 @@ class MaskRCNNFieldModel(FieldModel):
         if pretrained == "coco":
             self._load_coco_weights()
         adapt_first_conv(self.detector.backbone, band_names)
+        make_ignore_aware(self.detector, config.ignore_share)
 
     def _load_coco_weights(self) -> None:
         """COCO detector weights, except the class-specific heads (other classes here)."""
@@ -153,11 +158,14 @@ class MaskRCNNFieldModel(FieldModel):
     def training_step(
         self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]]
     ) -> dict[str, torch.Tensor]:
-        """Mask R-CNN's five losses (objectness, RPN box, classifier, box, mask)."""
+        """Mask R-CNN's five losses (objectness, RPN box, classifier, box, mask).
+
+        Anchors and proposals lying mostly in a chip's ignore mask are not used as negatives
+        (see :mod:`fieldseg.models.ignore_sampling`).
+        """
         self.detector.train()
-        detector_targets = [
-            {"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"]} for t in targets
-        ]
+        keys = ("boxes", "labels", "masks", "ignore")
+        detector_targets = [{k: t[k] for k in keys if t.get(k) is not None} for t in targets]
         return self.detector(self.normalise(images), detector_targets)
 
     @torch.no_grad()
