@@ -32,12 +32,14 @@ from fieldseg.models import FieldModel, ModelSpec, build_model, model_config
 from fieldseg.models.input_layer import load_weights_file
 from fieldseg.progress import progress
 from fieldseg.run_config import RunConfig, load_run_config, save_run_config
+from fieldseg.training_curves import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
 #: Metric that decides the best checkpoint and early stopping.
 SELECTION_METRIC = "segm_mAP"
 CONFIG_FILE = "config.yaml"
+CURVES_FILE = "training_curves.png"
 
 
 class TrainingError(FieldsegError):
@@ -207,6 +209,8 @@ def train(
         if patience is not None and best is not None and epoch - best[0] >= patience:
             stopped = f"no better val {SELECTION_METRIC} for {patience} epochs"
             break
+    if history:
+        plot_training_curves(history, run_dir / CURVES_FILE)
     return TrainSummary(
         run_dir=run_dir,
         epochs_done=epoch,
@@ -309,7 +313,7 @@ def _prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
             raise OutputExistsError(
                 f"{run_dir} holds no {CONFIG_FILE}: not a fieldseg run, so it is not replaced"
             )
-        for name in (LAST, BEST, CONFIG_FILE, "metrics.jsonl", "metrics.csv"):
+        for name in (LAST, BEST, CONFIG_FILE, CURVES_FILE, "metrics.jsonl", "metrics.csv"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 

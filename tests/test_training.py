@@ -39,7 +39,12 @@ def test_a_run_writes_checkpoints_metrics_and_config(tiny_dataset: Path, tmp_pat
     summary = train(tiny_dataset, CONFIG, run_dir, overrides=[*FAST, "training.epochs=2"])
     assert summary.epochs_done == 2 and summary.stopped_because == "epochs done"
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "best.pt", "config.yaml", "last.pt", "metrics.csv", "metrics.jsonl"]  # fmt: skip
+        "best.pt", "config.yaml", "last.pt", "metrics.csv", "metrics.jsonl",
+        "training_curves.png"]  # fmt: skip
+    from PIL import Image
+
+    with Image.open(run_dir / "training_curves.png") as curves:
+        assert curves.format == "PNG" and curves.size == (1100, 400)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:
