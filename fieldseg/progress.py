@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -20,9 +20,11 @@ def set_progress_enabled(enabled: bool | None) -> None:
 
 def progress(
     iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
-) -> Iterator[T]:
-    """Wrap ``iterable`` in a progress bar on stderr with rate and ETA."""
+) -> tqdm[T]:
+    """Wrap ``iterable`` in a progress bar on stderr with rate and ETA.
+
+    The bar is returned (not a generator over it) so that callers can show figures beside it
+    with ``set_postfix``.
+    """
     disable = None if _enabled is None else not _enabled
-    yield from tqdm(
-        iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True
-    )
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True)

@@ -259,8 +259,7 @@ def _train_epoch(
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
+        bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
         if time.monotonic() > deadline:
             break
     means = {name: value / max(steps, 1) for name, value in sums.items()}
