@@ -35,7 +35,9 @@ demo: venv
 		--size 1024 --seed $(DEMO_SEED)
 	$(FIELDSEG) tile $(DEMO_DIR)/train_scene.tif --labels $(DEMO_DIR)/train_fields.gpkg \
 		-o $(DEMO_DIR)/dataset --chip-size 128 --overlap 32 --seed $(DEMO_SEED)
-	@echo "demo: dataset written to $(DEMO_DIR)/dataset (train, predict and evaluate arrive with later issues)"
+	$(FIELDSEG) train $(DEMO_DIR)/dataset -c configs/maskrcnn_r18_cpu.yaml -o $(DEMO_DIR)/run \
+		--epochs 2 --max-minutes 2 --set training.seed=$(DEMO_SEED)
+	@echo "demo: dataset in $(DEMO_DIR)/dataset, model and training curves in $(DEMO_DIR)/run (predict and evaluate arrive with later issues)"
 
 bench: venv
 	$(PY) benchmarks/tile.py
