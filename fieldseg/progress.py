@@ -19,12 +19,18 @@ def set_progress_enabled(enabled: bool | None) -> None:
 
 
 def progress(
-    iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
+    iterable: Iterable[T],
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    show: bool = True,
 ) -> tqdm[T]:
     """Wrap ``iterable`` in a progress bar on stderr with rate and ETA.
 
     The bar is returned (not a generator over it) so that callers can show figures beside it
-    with ``set_postfix``.
+    with ``set_postfix``. ``show=False`` hides it (e.g. in all but the main process of a
+    distributed run).
     """
-    disable = None if _enabled is None else not _enabled
+    disable = (None if _enabled is None else not _enabled) if show else True
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True)

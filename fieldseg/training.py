@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from fieldseg.augmentation import ChipAugmentation
 from fieldseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from fieldseg.chip_dataset import ChipDataset, Target, collate_chips
 from fieldseg.coco_evaluation import evaluate_chip_predictions
 from fieldseg.dataset_description import DatasetDescription
+from fieldseg.distributed import DistContext, init_distributed
 from fieldseg.errors import ConfigError, FieldsegError, InputFileError, OutputExistsError
 from fieldseg.models import FieldModel, ModelSpec, build_model, model_config
 from fieldseg.models.input_layer import load_weights_file
@@ -58,15 +60,18 @@ class TrainSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def select_device(requested: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def select_device(requested: str = "auto", ctx: DistContext | None = None) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error.
+
+    Under ``torchrun`` each process takes the GPU of its local rank.
+    """
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, not {requested!r}")
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here")
-    if requested not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, not {requested!r}")
-    return torch.device(requested)
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", ctx.local_rank if ctx is not None else 0)
 
 
 def train(
@@ -97,7 +102,29 @@ def train(
     Returns:
         What the run did and why it stopped.
     """
-    run_dir = Path(run_dir)
+    context = init_distributed()
+    try:
+        return _train(context, dataset_dir, config_path, Path(run_dir), overrides=overrides,
+                      device=device, resume=resume, pretrained=pretrained, weights=weights,
+                      overwrite=overwrite)  # fmt: skip
+    finally:
+        context.close()
+
+
+def _train(
+    ctx: DistContext,
+    dataset_dir: str | os.PathLike[str],
+    config_path: str | os.PathLike[str] | None,
+    run_dir: Path,
+    *,
+    overrides: Sequence[str],
+    device: str,
+    resume: bool,
+    pretrained: str,
+    weights: str | os.PathLike[str] | None,
+    overwrite: bool,
+) -> TrainSummary:
+    """The run of :func:`train` in one process of a (possibly one-process) group."""
     description = DatasetDescription.load(dataset_dir)
     spec = ModelSpec.from_description(description)
     resumed = _resume_state(run_dir) if resume else None
@@ -106,12 +133,17 @@ def train(
         _check_same_bands(resumed.spec, spec)
     else:
         config = load_run_config(config_path, list(overrides))
-        _prepare_run_dir(run_dir, overwrite=overwrite)
-    save_run_config(config, run_dir / CONFIG_FILE)
+        _check_run_dir(run_dir, overwrite=overwrite)
+    ctx.barrier()  # every process has checked before the main one changes anything
+    if ctx.is_main:
+        if resumed is None:
+            _clear_run_dir(run_dir)
+        save_run_config(config, run_dir / CONFIG_FILE)
+    ctx.barrier()
     resolved = config.resolved()
 
     torch.manual_seed(config.training.seed)
-    chosen = select_device(device)
+    chosen = select_device(device, ctx)
     train_data = ChipDataset(
         dataset_dir,
         "train",
@@ -145,16 +177,35 @@ def train(
         history = list(state["history"])
         start_epoch = resumed.epoch
         best = tuple(state["best"]) if state["best"] is not None else None  # type: ignore[assignment]
+    # several processes: gradients are averaged across them (weights start equal: DDP
+    # broadcasts the main process's at construction)
+    trainable: torch.nn.Module = (
+        DistributedDataParallel(model, device_ids=[chosen.index] if chosen.type == "cuda" else None)
+        if ctx.distributed
+        else model
+    )
 
     workers = config.training.loader_workers
     if workers is None:
         workers = 4 if chosen.type == "cuda" else 0
     generator = torch.Generator().manual_seed(config.training.seed)
+    sampler = (
+        DistributedSampler(
+            train_data,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=config.training.seed,
+        )
+        if ctx.distributed
+        else None
+    )
     loader = DataLoader(
         train_data,
         batch_size=config.training.batch_size,
-        shuffle=True,
-        generator=generator,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator if sampler is None else None,
         collate_fn=collate_chips,
         num_workers=workers,
         pin_memory=chosen.type == "cuda",
@@ -169,10 +220,16 @@ def train(
     for epoch in range(start_epoch + 1, config.training.epochs + 1):
         train_data.set_epoch(epoch)
         generator.manual_seed(config.training.seed + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         losses, out_of_time = _train_epoch(
-            model, loader, optimizer, scaler, chosen, config, epoch, deadline, amp
+            trainable, loader, optimizer, scaler, chosen, config, epoch, deadline, amp, ctx
         )
         scheduler.step()
+        if not ctx.is_main:  # the main process validates, logs and writes; the others follow
+            if ctx.from_main(False):
+                break
+            continue
         record: dict[str, Any] = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
@@ -202,14 +259,14 @@ def train(
             save_checkpoint(run_dir / BEST, model, config=resolved, spec=spec, epoch=epoch,
                             metrics=metrics)  # fmt: skip
         logger.info(_epoch_line(record))
+        patience = config.training.early_stopping_patience
         if out_of_time:
             stopped = f"--max-minutes {config.training.max_minutes:g} reached"
-            break
-        patience = config.training.early_stopping_patience
-        if patience is not None and best is not None and epoch - best[0] >= patience:
+        elif patience is not None and best is not None and epoch - best[0] >= patience:
             stopped = f"no better val {SELECTION_METRIC} for {patience} epochs"
+        if ctx.from_main(stopped != "epochs done"):
             break
-    if history:
+    if history and ctx.is_main:
         plot_training_curves(history, run_dir / CURVES_FILE)
     return TrainSummary(
         run_dir=run_dir,
@@ -231,19 +288,21 @@ def _train_epoch(
     epoch: int,
     deadline: float,
     amp: bool,
+    ctx: DistContext,
 ) -> tuple[dict[str, float], bool]:
     """One pass over the train chips; mean losses, and whether the time budget ran out."""
     model.train()
     sums: dict[str, float] = {}
     steps = 0
-    bar = progress(loader, total=len(loader), desc=f"epoch {epoch}", unit="batch")
+    bar = progress(loader, total=len(loader), desc=f"epoch {epoch}", unit="batch",
+                   show=ctx.is_main)  # fmt: skip
     for images, targets in bar:
         images_on = [image.to(device, non_blocking=True) for image in images]
         targets_on = [_to_device(t, device) for t in targets]
         with torch.autocast(device_type=device.type, enabled=amp):
-            losses = model.training_step(images_on, targets_on)
+            losses = model(images_on, targets_on)
         total = sum(losses.values())
-        if not torch.isfinite(total):
+        if ctx.any(not bool(torch.isfinite(total))):
             raise TrainingError(
                 f"the loss became {total.item()} at epoch {epoch}, step {steps + 1}; training "
                 f"stopped and {LAST} keeps the last good epoch (try a lower optimizer.lr)"
@@ -260,10 +319,10 @@ def _train_epoch(
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
         bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
-        if time.monotonic() > deadline:
+        if ctx.any(time.monotonic() > deadline):
             break
     means = {name: value / max(steps, 1) for name, value in sums.items()}
-    return means, time.monotonic() > deadline
+    return means, ctx.any(time.monotonic() > deadline)
 
 
 @torch.no_grad()
@@ -301,7 +360,8 @@ def _resume_state(run_dir: Path) -> Any:
     return checkpoint
 
 
-def _prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+def _check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse a run folder that holds something, unless it is an earlier run and ``overwrite``."""
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise OutputExistsError(
@@ -312,6 +372,11 @@ def _prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
             raise OutputExistsError(
                 f"{run_dir} holds no {CONFIG_FILE}: not a fieldseg run, so it is not replaced"
             )
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove an earlier run's files (checked by :func:`_check_run_dir`) and make the folder."""
+    if run_dir.exists():
         for name in (LAST, BEST, CONFIG_FILE, CURVES_FILE, "metrics.jsonl", "metrics.csv"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)

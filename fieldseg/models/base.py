@@ -99,6 +99,16 @@ class FieldModel(nn.Module, ABC):
         """Normalised copies of raw chips."""
         return [self.normaliser(image) for image in images]
 
+    def forward(
+        self,
+        images: Sequence[torch.Tensor],
+        targets: Sequence[dict[str, Any]] | None = None,
+    ) -> dict[str, torch.Tensor] | list[ChipPrediction]:
+        """Losses with ``targets``, predictions without: the call DistributedDataParallel wraps."""
+        if targets is not None:
+            return self.training_step(images, targets)
+        return self.predict(images)
+
     @abstractmethod
     def training_step(
         self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]]
