@@ -23,7 +23,7 @@ from fieldseg.coco_format import decode_mask
 from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import InputFileError
 from fieldseg.labels import SPLITS
-from fieldseg.raster_io import nodata_mask, open_raster
+from fieldseg.raster_io import chip_valid_mask, open_raster
 
 Target = dict[str, Any]
 
@@ -114,9 +114,8 @@ class ChipDataset(Dataset[tuple[torch.Tensor, Target]]):
                 f"{entry['file_name']} has {data.shape[0]} bands; the dataset has "
                 f"{len(self.description.bands)}"
             )
-        valid = ~nodata_mask(data, self.description.nodata)
-        valid[entry["window"]["height"] :, :] = False  # padding beyond the scene
-        valid[:, entry["window"]["width"] :] = False
+        window = entry["window"]
+        valid = chip_valid_mask(data, self.description.nodata, window["height"], window["width"])
         shape = (entry["height"], entry["width"])
         annotations = self._annotations[entry["id"]]
         masks = (

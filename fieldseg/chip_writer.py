@@ -25,7 +25,7 @@ from rasterio.windows import transform as window_transform
 from fieldseg.atomic_output import OutputPathError
 from fieldseg.coco_format import encode_label_image, encode_rle
 from fieldseg.errors import first_line
-from fieldseg.raster_io import nodata_mask, open_raster, read_window, write_geotiff
+from fieldseg.raster_io import chip_valid_mask, open_raster, read_window, write_geotiff
 from fieldseg.rasterization import count_pixels, rasterize_labels_in_strips
 
 #: The label grid of a scene reaches this many pixels beyond the scene edge; fields reaching
@@ -170,10 +170,8 @@ def _cut_chip(
     job: SceneJob, fields: _FieldTable, src: Any, labels: np.ndarray, window: Window
 ) -> ChipRecord | str:
     data = read_window(src, window, fill_value=job.nodata)
-    valid = ~nodata_mask(data, job.nodata)
     valid_window = window.intersection(Window(0, 0, job.width, job.height))
-    valid[int(valid_window.height) :, :] = False  # padding beyond the scene is nodata
-    valid[:, int(valid_window.width) :] = False
+    valid = chip_valid_mask(data, job.nodata, int(valid_window.height), int(valid_window.width))
     nodata_fraction = 1.0 - float(valid.mean())
     if nodata_fraction > job.max_nodata:
         return SKIPPED_NODATA

@@ -156,6 +156,20 @@ def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
     return invalid
 
 
+def chip_valid_mask(
+    data: np.ndarray, nodata: float | None, inside_rows: int, inside_cols: int
+) -> np.ndarray:
+    """True where a chip pixel is data: not nodata, and not padding beyond the scene.
+
+    A chip of a scene smaller than a chip holds the scene in its first ``inside_rows`` rows
+    and ``inside_cols`` columns (its window's width and height); the rest is padding.
+    """
+    valid = ~nodata_mask(data, nodata)
+    valid[inside_rows:, :] = False
+    valid[:, inside_cols:] = False
+    return valid
+
+
 def write_geotiff(
     path: str | os.PathLike[str],
     data: np.ndarray,

@@ -60,8 +60,8 @@ from fieldseg.progress import progress
 from fieldseg.raster_io import (
     RasterInfo,
     check_nodata_value,
+    chip_valid_mask,
     crs_to_json,
-    nodata_mask,
     open_raster,
     raster_info,
     same_nodata,
@@ -628,9 +628,8 @@ def _train_statistics(
         nodata = scenes[chip.scene].nodata
         with open_raster(out_dir / chip.file_name) as src:
             data = src.read()
-        valid = ~nodata_mask(data, nodata)
-        valid[int(chip.valid_window.height) :, :] = False  # padding beyond the scene
-        valid[:, int(chip.valid_window.width) :] = False
+        inside = chip.valid_window
+        valid = chip_valid_mask(data, nodata, int(inside.height), int(inside.width))
         accumulator.add(data, valid)
     return accumulator.result(first.band_names)
 
