@@ -28,6 +28,10 @@ from fieldseg.raster_io import chip_valid_mask, open_raster
 Target = dict[str, Any]
 
 
+class EmptySplitError(InputFileError):
+    """The split holds no chips (callers may treat an empty val split as optional)."""
+
+
 class ChipDataset(Dataset[tuple[torch.Tensor, Target]]):
     """Chips of one split with instance masks, boxes, labels and ignore/valid masks.
 
@@ -67,7 +71,7 @@ class ChipDataset(Dataset[tuple[torch.Tensor, Target]]):
         self.coco_document: dict[str, Any] = coco
         self.images: list[dict[str, Any]] = coco["images"]
         if not self.images:
-            raise InputFileError(f"the {split} split of {self.root} holds no chips")
+            raise EmptySplitError(f"the {split} split of {self.root} holds no chips")
         self.categories = {c["id"]: c["name"] for c in coco["categories"]}
         self._annotations: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in self.images}
         for annotation in coco["annotations"]:

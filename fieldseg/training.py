@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from fieldseg.augmentation import ChipAugmentation
 from fieldseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from fieldseg.chip_dataset import ChipDataset, Target, collate_chips
+from fieldseg.chip_dataset import ChipDataset, EmptySplitError, Target, collate_chips
 from fieldseg.coco_evaluation import evaluate_chip_predictions
 from fieldseg.dataset_description import DatasetDescription
 from fieldseg.distributed import DistContext, init_distributed
@@ -344,9 +344,7 @@ def _validate(model: FieldModel, data: ChipDataset, config: RunConfig) -> dict[s
 def _optional_split(dataset_dir: str | os.PathLike[str], split: str) -> ChipDataset | None:
     try:
         return ChipDataset(dataset_dir, split)
-    except InputFileError as exc:
-        if "holds no chips" not in str(exc):
-            raise
+    except EmptySplitError:
         logger.warning("the %s split is empty: no validation, every epoch saved as best", split)
         return None
 
