@@ -1,7 +1,7 @@
 """Benchmark training-step throughput (chips/s) at 256 x 256 on this machine's CPU (or GPU).
 
 Builds a small synthetic dataset (cached in benchmark-output/), then times training steps of the
-light (ResNet-18 FPN) and ResNet-50 FPN Mask R-CNN configs on the same batches. Prints figures
+Mask R-CNN configs (MobileNetV3, ResNet-18 and ResNet-50 FPN) on the same batches. Prints figures
 and, last, one JSON line.
 
     .venv/bin/python benchmarks/train_step.py [--steps 5] [--batch-size 2] [--device auto]
@@ -76,10 +76,13 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(exist_ok=True)
     data = ChipDataset(dataset(args.workdir), "train")
-    light = time_steps("maskrcnn_r18_cpu.yaml", data, args)
-    print(f"ResNet-18 FPN: {light:.2f} chips/s")
-    heavy = time_steps("maskrcnn_r50_fpn.yaml", data, args)
-    print(f"ResNet-50 FPN: {heavy:.2f} chips/s ({light / heavy:.1f}x slower than ResNet-18)")
+    rates = {}
+    for key, config_name in (("mobilenet_v3_fpn", "maskrcnn_mobilenet_cpu.yaml"),
+                             ("resnet18_fpn", "maskrcnn_r18_cpu.yaml"),
+                             ("resnet50_fpn", "maskrcnn_r50_fpn.yaml")):  # fmt: skip
+        rates[key] = time_steps(config_name, data, args)
+        print(f"{key}: {rates[key]:.2f} chips/s")
+    heavy = rates["resnet50_fpn"]
     print(json.dumps({
         "benchmark": "train_step",
         "device": str(select_device(args.device)),
@@ -88,9 +91,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "steps": args.steps,
         "instances_per_chip": round(data.n_instances / len(data), 1),
-        "resnet18_fpn_chips_per_s": round(light, 3),
-        "resnet50_fpn_chips_per_s": round(heavy, 3),
-        "ratio_r18_to_r50": round(light / heavy, 2),
+        **{f"{key}_chips_per_s": round(rate, 3) for key, rate in rates.items()},
+        **{f"speedup_{key}_over_r50": round(rate / heavy, 2) for key, rate in rates.items()
+           if key != "resnet50_fpn"},
     }))  # fmt: skip
 
 

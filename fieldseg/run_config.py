@@ -1,9 +1,11 @@
 """Run configurations for ``fieldseg train``: YAML files, validated, with ``--set`` overrides.
 
 A config has five sections: ``model`` (validated by its family, see :mod:`fieldseg.models`),
-``optimizer``, ``schedule``, ``training`` and ``augmentation``. An unknown key anywhere is an
-error naming it, so a typo never silently falls back to a default. The resolved config (file,
-overrides and defaults together) is what a run saves and what its checkpoints carry.
+``optimizer``, ``schedule``, ``training`` and ``augmentation``, and optionally ``bands``, the
+band names the config was written for (a dataset with other bands is then an error). An
+unknown key anywhere is an error naming it, so a typo never silently falls back to a default.
+The resolved config (file, overrides and defaults together) is what a run saves and what its
+checkpoints carry.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class RunConfig(_Strict):
     """A whole run config, resolved."""
 
     model: dict[str, Any]
+    bands: list[str] | None = Field(
+        None, description="if set, the bands (in order) the dataset must have, e.g. for a sensor"
+    )
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     training: TrainingConfig = TrainingConfig()

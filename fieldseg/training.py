@@ -134,6 +134,10 @@ def _train(
     else:
         config = load_run_config(config_path, list(overrides))
         _check_run_dir(run_dir, overwrite=overwrite)
+    if config.bands is not None and list(config.bands) != list(spec.bands):
+        raise ConfigError(
+            f"the config is for bands {config.bands}; the dataset has {list(spec.bands)}"
+        )
     ctx.barrier()  # every process has checked before the main one changes anything
     if ctx.is_main:
         if resumed is None:
@@ -158,7 +162,7 @@ def _train(
         model_config(config.model), spec, pretrained=pretrained if resumed is None else "none"
     )
     if weights is not None and resumed is None:
-        loaded, total = load_weights_file(model, weights)
+        loaded, total = load_weights_file(model, weights, spec.bands)
         logger.info("loaded %d of %d tensors from %s", loaded, total, weights)
     model.to(chosen)
     optimizer = _optimizer(config, model)

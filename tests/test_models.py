@@ -150,16 +150,60 @@ def test_weights_file_loads_by_key_suffix(tmp_path: Path) -> None:
     key = "detector.backbone.body.layer1.0.conv1.weight"
     with torch.no_grad():
         target.state_dict()[key].zero_()
-    loaded, total = load_weights_file(target, path)
+    loaded, total = load_weights_file(target, path, BANDS)
     assert total == len(backbone) and loaded == len(backbone)
     assert torch.equal(target.state_dict()[key], source.state_dict()[key])
 
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputFileError, match="cannot read weights"):
-        load_weights_file(target, tmp_path / "junk.pt")
+        load_weights_file(target, tmp_path / "junk.pt", BANDS)
     torch.save({"something.else": torch.zeros(3, 3)}, tmp_path / "other.pt")
     with pytest.raises(ConfigError, match=r"no tensor .* fits the model"):
-        load_weights_file(target, tmp_path / "other.pt")
+        load_weights_file(target, tmp_path / "other.pt", BANDS)
+
+
+def test_weights_file_first_conv_must_fit_the_bands(tmp_path: Path) -> None:
+    source = _light_model()
+    backbone = source.detector.backbone.body.state_dict()
+    key = "detector.backbone.body.conv1.weight"
+    target = _light_model()
+
+    rgb = torch.randn(64, 3, 7, 7)  # an RGB (ImageNet-style) stem is adapted to the bands
+    torch.save({**backbone, "conv1.weight": rgb}, tmp_path / "rgb.pt")
+    load_weights_file(target, tmp_path / "rgb.pt", BANDS)
+    expected = torch.stack([rgb[:, 2], rgb[:, 1], rgb[:, 0], rgb.mean(dim=1)], dim=1) * 0.75
+    assert torch.allclose(target.state_dict()[key], expected)
+
+    torch.save({**backbone, "conv1.weight": torch.randn(64, 13, 7, 7)}, tmp_path / "s2.pt")
+    with pytest.raises(ConfigError, match=r"take 13 input bands; the dataset has 4 \(blue,"):
+        load_weights_file(target, tmp_path / "s2.pt", BANDS)
+
+    checkpoint = {"format": "fieldseg-checkpoint", "bands": ["red", "green", "blue", "nir"],
+                  "state_dict": source.state_dict()}  # fmt: skip
+    torch.save(checkpoint, tmp_path / "other-bands.pt")
+    with pytest.raises(ConfigError, match=r"trained on bands \['red', .*the dataset has"):
+        load_weights_file(target, tmp_path / "other-bands.pt", BANDS)
+    checkpoint["bands"] = BANDS
+    torch.save(checkpoint, tmp_path / "same-bands.pt")
+    loaded, _ = load_weights_file(target, tmp_path / "same-bands.pt", BANDS)
+    assert loaded == len(source.state_dict())
+
+
+def test_mobilenet_fpn_starts_at_stride_4() -> None:
+    torch.manual_seed(0)
+    config = MaskRCNNConfig(backbone="mobilenet_v3_large")
+    model = MaskRCNNFieldModel(config, BANDS, _stats(), 0, chip_size=64, num_classes=1)
+    features = model.detector.backbone(torch.zeros(1, 4, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 16), (8, 8), (4, 4),
+                                                                (2, 2), (1, 1)]  # fmt: skip
+    trainable = [p.requires_grad for p in model.detector.backbone.body.parameters()]
+    assert all(trainable)  # trainable_layers 5 means the whole backbone, as for ResNets
+    image = torch.full((4, 64, 64), 1000.0)
+    target = {"boxes": torch.tensor([[8.0, 8.0, 30.0, 30.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros((1, 64, 64), dtype=torch.uint8)}  # fmt: skip
+    target["masks"][0, 8:30, 8:30] = 1
+    losses = model.training_step([image], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_model_config_errors_name_the_key() -> None:

@@ -13,7 +13,7 @@ from fieldseg.run_config import load_run_config, save_run_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["maskrcnn_r50_fpn.yaml", "maskrcnn_r18_cpu.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("maskrcnn_*.yaml")))
 def test_shipped_configs_validate(name: str) -> None:
     config = load_run_config(CONFIGS / name)
     assert config.model["family"] == "maskrcnn"

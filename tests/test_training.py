@@ -111,6 +111,9 @@ def test_bad_runs_are_clear_errors(tiny_dataset: Path, tmp_path: Path) -> None:
         train(tiny_dataset, None, tmp_path / "fresh", resume=True)
     with pytest.raises(ConfigError, match=r"training\.epochs"):
         train(tiny_dataset, CONFIG, tmp_path / "run", overrides=["training.epochs=0"])
+    with pytest.raises(ConfigError, match=r"the config is for bands \['B02', 'B03'\]; the data"):
+        train(tiny_dataset, CONFIG, tmp_path / "run", overrides=["bands=[B02, B03]"])
+    assert not (tmp_path / "run").exists()
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             select_device("cuda")

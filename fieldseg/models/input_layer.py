@@ -56,14 +56,33 @@ def adapt_first_conv(model: nn.Module, band_names: Sequence[str]) -> nn.Conv2d:
         bias=old.bias is not None,
     )
     with torch.no_grad():
-        mean = old.weight.mean(dim=1)
-        for band, channel in enumerate(rgb_channels(band_names)):
-            new.weight[:, band] = old.weight[:, channel] if channel is not None else mean
-        new.weight.mul_(3.0 / bands)
+        new.weight.copy_(filters_for_bands(old.weight, band_names))
         if old.bias is not None:
             new.bias.copy_(old.bias)  # type: ignore[union-attr]
     setattr(parent, attribute, new)
     return new
+
+
+def filters_for_bands(rgb_weight: torch.Tensor, band_names: Sequence[str]) -> torch.Tensor:
+    """First-layer filters for ``band_names`` from filters made for RGB (out, 3, k, k).
+
+    A red, green or blue band (on any date) gets the filter of its colour, any other band the
+    mean of the three; all are scaled by 3 / bands so that activations keep their size.
+    """
+    mean = rgb_weight.mean(dim=1)
+    columns = [
+        rgb_weight[:, channel] if channel is not None else mean
+        for channel in rgb_channels(band_names)
+    ]
+    return torch.stack(columns, dim=1) * (3.0 / len(band_names))
+
+
+def first_conv_name(model: nn.Module, bands: int) -> str | None:
+    """The state-dict key of the first convolution's weight that takes ``bands`` channels."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == bands:
+            return f"{name}.weight"
+    return None
 
 
 def _first_rgb_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
@@ -85,13 +104,21 @@ def download_weights(what: str, load: Callable[[], T]) -> T:
         ) from exc
 
 
-def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> tuple[int, int]:
+def load_weights_file(
+    model: nn.Module, path: str | os.PathLike[str], band_names: Sequence[str]
+) -> tuple[int, int]:
     """Load the tensors of a state dict file that fit ``model``; return (loaded, total in file).
 
     The file's keys may carry another prefix than the model's (``encoder.`` against
     ``detector.backbone.body.``, say): the pair of prefixes under which most keys agree is
-    used. Tensors whose shape differs (a first convolution for other bands, a head for other
-    classes) are skipped. Loaded with ``weights_only=True``, so a weights file cannot run code.
+    used. Tensors whose shape differs (a head for other classes) are skipped. The first
+    convolution must fit the bands: RGB filters are adapted to ``band_names`` as for the
+    torchvision weights; filters for another band count, or a fieldseg checkpoint trained on
+    other bands, are an error. Loaded with ``weights_only=True``, so a file cannot run code.
+
+    Raises:
+        InputFileError: the file is missing, unreadable or holds no state dict.
+        ConfigError: nothing fits, or the file was made for other bands.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,6 +127,12 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> tuple[i
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, unsupported types
         raise InputFileError(f"cannot read weights {path}: {exc}") from exc
+    trained_bands = state.get("bands") if isinstance(state, dict) else None
+    if trained_bands is not None and list(trained_bands) != list(band_names):
+        raise ConfigError(
+            f"the checkpoint {path} was trained on bands {list(trained_bands)}; "
+            f"the dataset has {list(band_names)}"
+        )
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -107,17 +140,35 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> tuple[i
     own = model.state_dict()
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     file_prefix, model_prefix = _best_prefixes(list(tensors), list(own))
+    first_conv = first_conv_name(model, len(band_names))
     matched: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         if not key.startswith(file_prefix):
             continue
         target = model_prefix + key[len(file_prefix) :]
+        if target == first_conv and tensor.shape != own[target].shape:
+            tensor = _first_conv_for_bands(tensor, own[target], band_names, path)
         if target in own and own[target].shape == tensor.shape:
             matched[target] = tensor
     if not matched:
         raise ConfigError(f"no tensor of {path} fits the model (wrong architecture?)")
     model.load_state_dict(matched, strict=False)
     return len(matched), len(state)
+
+
+def _first_conv_for_bands(
+    tensor: torch.Tensor, own: torch.Tensor, band_names: Sequence[str], path: Path
+) -> torch.Tensor:
+    """A file's first-layer filters fitted to the bands, or a clear error when they cannot be."""
+    bands = len(band_names)
+    if tensor.ndim == 4 and tensor.shape[0] == own.shape[0] and tensor.shape[2:] == own.shape[2:]:
+        if tensor.shape[1] == 3:
+            return filters_for_bands(tensor, band_names)
+        raise ConfigError(
+            f"the weights in {path} take {tensor.shape[1]} input bands; the dataset has {bands} "
+            f"({', '.join(band_names)})"
+        )
+    return tensor  # another layout altogether: skipped like any misfit
 
 
 def _best_prefixes(file_keys: list[str], model_keys: list[str]) -> tuple[str, str]:

@@ -15,7 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torchvision.models import get_weight
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.backbone_utils import (
+    BackboneWithFPN,
+    mobilenet_backbone,
+    resnet_fpn_backbone,
+)
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
@@ -31,7 +35,11 @@ BACKBONE_WEIGHTS: dict[str, str] = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
     "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
     "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+    "mobilenet_v3_large": "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
 }
+#: MobileNetV3's stages returned to the FPN: strides 4 to 32, as for the ResNets (torchvision's
+#: default starts at stride 32, far too coarse for fields a few pixels across).
+MOBILENET_RETURNED_STAGES = [1, 2, 3, 4]
 Pretrained = Literal["imagenet", "coco", "none"]
 
 
@@ -41,8 +49,8 @@ class MaskRCNNConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     family: Literal["maskrcnn"] = "maskrcnn"
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
-    trainable_layers: int = Field(5, ge=0, le=5, description="backbone stages trained")
+    backbone: Literal["resnet18", "resnet34", "resnet50", "mobilenet_v3_large"] = "resnet50"
+    trainable_layers: int = Field(5, ge=0, le=5, description="backbone stages trained (5: all)")
     upsample: float = Field(1.0, ge=1, le=4, description="chip scale factor for small fields")
     anchor_sizes: list[list[float]] = Field(
         default=[[3, 5, 8], [8, 12, 16], [16, 24, 32], [32, 48, 64], [64, 128, 200]],
@@ -64,8 +72,25 @@ class MaskRCNNConfig(BaseModel):
     )
 
 
+def _fpn_backbone(config: MaskRCNNConfig, weights: Any) -> BackboneWithFPN:
+    """The backbone with an FPN of five levels at strides 4 to 64."""
+    if config.backbone.startswith("mobilenet"):
+        # MobileNetV3 has six stages (stem included): "all five" trainable means all six
+        trainable = 6 if config.trainable_layers == 5 else config.trainable_layers
+        return mobilenet_backbone(
+            backbone_name=config.backbone,
+            weights=weights,
+            fpn=True,
+            trainable_layers=trainable,
+            returned_layers=MOBILENET_RETURNED_STAGES,
+        )
+    return resnet_fpn_backbone(
+        backbone_name=config.backbone, weights=weights, trainable_layers=config.trainable_layers
+    )
+
+
 class MaskRCNNFieldModel(FieldModel):
-    """torchvision Mask R-CNN with an FPN ResNet backbone, for any band count.
+    """torchvision Mask R-CNN with an FPN ResNet or MobileNetV3 backbone, for any band count.
 
     Args:
         config: the model settings.
@@ -103,12 +128,7 @@ class MaskRCNNFieldModel(FieldModel):
             get_weight(BACKBONE_WEIGHTS[config.backbone]) if pretrained == "imagenet" else None
         )
         backbone = download_weights(
-            f"ImageNet {config.backbone}",
-            lambda: resnet_fpn_backbone(
-                backbone_name=config.backbone,
-                weights=weights,
-                trainable_layers=config.trainable_layers,
-            ),
+            f"ImageNet {config.backbone}", lambda: _fpn_backbone(config, weights)
         )
         size = round(chip_size * config.upsample)
         anchors = AnchorGenerator(
