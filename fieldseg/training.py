@@ -28,6 +28,7 @@ from fieldseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from fieldseg.chip_dataset import ChipDataset, EmptySplitError, Target, collate_chips
 from fieldseg.coco_evaluation import evaluate_chip_predictions
 from fieldseg.dataset_description import DatasetDescription
+from fieldseg.devices import select_device
 from fieldseg.distributed import DistContext, init_distributed
 from fieldseg.errors import ConfigError, FieldsegError, InputFileError, OutputExistsError
 from fieldseg.models import FieldModel, ModelSpec, build_model, model_config
@@ -58,20 +59,6 @@ class TrainSummary:
     best_metric: float | None
     stopped_because: str
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def select_device(requested: str = "auto", ctx: DistContext | None = None) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error.
-
-    Under ``torchrun`` each process takes the GPU of its local rank.
-    """
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, not {requested!r}")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here")
-    if requested == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", ctx.local_rank if ctx is not None else 0)
 
 
 def train(

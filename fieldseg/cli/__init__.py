@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from fieldseg import __version__
+from fieldseg.cli.predict_command import predict
 from fieldseg.cli.stack_command import stack
 from fieldseg.cli.synth_command import synth
 from fieldseg.cli.tile_command import tile
@@ -57,8 +58,8 @@ def main(verbose: int, quiet: bool) -> None:
     """Find every agricultural field in satellite imagery as its own polygon.
 
     Typical order: `stack` band files into one scene, `tile` labelled scenes into a training
-    set, `train` a model on it; `synth` makes a labelled synthetic scene for trying things
-    out. Run `fieldseg COMMAND --help` for each command's options.
+    set, `train` a model on it, `predict` the fields of a scene; `synth` makes a labelled
+    synthetic scene for trying things out. Run `fieldseg COMMAND --help` for each command's options.
     """
     from fieldseg.progress import set_progress_enabled
 
@@ -70,5 +71,6 @@ main.add_command(synth)
 main.add_command(stack)
 main.add_command(tile)
 main.add_command(train)
+main.add_command(predict)
 
 __all__ = ["main"]

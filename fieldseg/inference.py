@@ -1,0 +1,388 @@
+"""Predict a whole scene: windowed reading, batched inference, streaming stitching and writing.
+
+``predict_scene`` is the library side of ``fieldseg predict``. It reads the scene one row of
+chips at a time, runs the model on batches of chips (skipping chips with no data), makes each
+chip's instances disjoint (:mod:`fieldseg.chip_resolution`), stitches them across seams
+(:mod:`fieldseg.stitching`), traces finished fields into polygons (:mod:`fieldseg.field_polygons`)
+and appends them to the output (:mod:`fieldseg.field_output`) while the window moves on. Peak
+memory therefore depends on the chip size and the scene width, not on the scene height.
+
+It accepts any :class:`fieldseg.models.FieldModel` (a trained model, or the oracle of
+:mod:`fieldseg.oracle`), or a checkpoint file or run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window, from_bounds
+
+from fieldseg.atomic_output import check_output_path
+from fieldseg.chip_grid import check_chip_geometry, chip_starts
+from fieldseg.chip_resolution import empty_chip, resolve_chip
+from fieldseg.devices import select_device
+from fieldseg.errors import ConfigError, InputFileError
+from fieldseg.field_output import FieldWriter
+from fieldseg.field_polygons import trace_fields
+from fieldseg.models.base import FieldModel
+from fieldseg.progress import progress
+from fieldseg.raster_io import (
+    RasterInfo,
+    chip_valid_mask,
+    default_band_names,
+    open_raster,
+    raster_info,
+    read_window,
+)
+from fieldseg.rasterization import rasterize_mask
+from fieldseg.stitching import SceneStitcher
+from fieldseg.vector_io import check_vector_format, read_area_of_interest
+
+logger = logging.getLogger(__name__)
+
+#: Defaults when neither the caller nor the checkpoint says otherwise.
+DEFAULT_CHIP_SIZE = 256
+DEFAULT_SCORE_THRESHOLD = 0.5
+MIN_FIELD_PIXELS = 4
+
+
+@dataclass
+class PredictSummary:
+    """What a prediction did."""
+
+    output: Path
+    n_fields: int
+    n_chips: int
+    n_chips_skipped: int
+    area_km2: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _LoadedModel:
+    model: FieldModel
+    name: str
+    chip_size: int
+    categories: tuple[str, ...]
+
+
+def predict_scene(
+    scene: str | os.PathLike[str],
+    model: FieldModel | str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    chip_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    min_area_m2: float | None = None,
+    extent: str | os.PathLike[str] | None = None,
+    bbox: Sequence[float] | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    debug_layers: bool = False,
+    show_progress: bool = True,
+) -> PredictSummary:
+    """Find the fields of a scene and write them as polygons.
+
+    Args:
+        scene: a GeoTIFF or VRT with the bands the model was trained on.
+        model: a :class:`FieldModel`, or a checkpoint file or run folder (its best.pt).
+        output: ``.gpkg`` (layer ``fields``), ``.parquet``, ``.fgb`` or ``.geojson``.
+        chip_size: chip side in pixels; default the checkpoint's training chips.
+        overlap: overlap of neighbouring chips; default a quarter of a chip.
+        batch_size: chips per model call.
+        score_threshold: instances scoring less are dropped.
+        min_area_m2: fields smaller are dropped; default four pixels.
+        extent: a vector file: predict only inside its polygons.
+        bbox: ``(xmin, ymin, xmax, ymax)`` in the scene CRS: predict only inside.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overwrite: replace an existing output.
+        debug_layers: add ``chips`` and ``seams`` layers (GeoPackage output).
+        show_progress: show a progress bar.
+
+    Raises:
+        FieldsegError: bad input (the message says which and why).
+    """
+    started = time.perf_counter()
+    check_vector_format(output)
+    check_output_path(output, overwrite=overwrite, inputs=[scene])
+    if extent is not None and bbox is not None:
+        raise ConfigError("give --extent or --bbox, not both")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    loaded = _load_model(model)
+    chip_size = chip_size or loaded.chip_size
+    overlap = chip_size // 4 if overlap is None else overlap
+    check_chip_geometry(chip_size, overlap)
+    if overlap < 2:
+        raise ConfigError("overlap must be at least 2 pixels: seams are joined where chips overlap")
+    chosen = select_device(device)
+    net = loaded.model.to(chosen).eval()
+    timings = dict.fromkeys(("read", "model", "resolve", "stitch", "trace", "write"), 0.0)
+
+    with open_raster(scene) as src:
+        info = raster_info(src)
+        _check_bands(info, net)
+        _warn_if_statistics_differ(src, info, net)
+        area_window, aoi = _prediction_area(info, extent, bbox)
+        area_transform = rasterio.windows.transform(area_window, info.transform)
+        height, width = int(area_window.height), int(area_window.width)
+        min_pixels_area = MIN_FIELD_PIXELS * abs(info.transform.a * info.transform.e)
+        min_area = min_pixels_area if min_area_m2 is None else min_area_m2
+        rows = chip_starts(height, chip_size, chip_size - overlap)
+        cols = chip_starts(width, chip_size, chip_size - overlap)
+        stitcher = SceneStitcher(height, width, overlap=overlap)
+        n_skipped = 0
+        bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip",
+                       show=show_progress)  # fmt: skip
+        km2_per_chip = _chip_km2(info, chip_size, overlap)
+        with bar, FieldWriter(output, info.crs, overwrite=overwrite) as writer:
+            for index, row in enumerate(rows):
+                tick = time.perf_counter()
+                strip = read_window(
+                    src,
+                    Window(area_window.col_off, area_window.row_off + row, width, chip_size),
+                    fill_value=info.nodata,
+                )
+                strip_valid = chip_valid_mask(strip, info.nodata, min(chip_size, height - row),
+                                              width)  # fmt: skip
+                if aoi is not None:
+                    strip_valid &= rasterize_mask(
+                        aoi,
+                        transform=area_transform * rasterio.Affine.translation(0, row),
+                        shape=strip_valid.shape,
+                    )
+                timings["read"] += time.perf_counter() - tick
+                chips = []
+                for col in cols:
+                    image = _pad(strip[:, :, col : col + chip_size], chip_size, info.nodata)
+                    valid = _pad(strip_valid[None, :, col : col + chip_size], chip_size, False)[0]
+                    chips.append((col, image, valid))
+                n_skipped += _run_row(net, chips, row, stitcher, chosen, batch_size,
+                                      score_threshold, timings)  # fmt: skip
+                bar.update(len(cols))
+                bar.set_postfix(km2=f"{bar.n * km2_per_chip:.1f}", fields=writer.n_fields)
+                below = rows[index + 1] if index + 1 < len(rows) else height + 1
+                tick = time.perf_counter()
+                batch = stitcher.close_rows(below)
+                timings["stitch"] += time.perf_counter() - tick
+                if batch is not None:
+                    _write_batch(batch, writer, area_transform, info, loaded, min_area, timings)
+            if debug_layers:
+                _write_debug_layers(writer, rows, cols, chip_size, area_transform, info)
+    timings["total"] = time.perf_counter() - started
+    pixel_km2 = abs(info.transform.a * info.transform.e) / 1e6
+    return PredictSummary(
+        output=Path(output),
+        n_fields=writer.n_fields,
+        n_chips=len(rows) * len(cols),
+        n_chips_skipped=n_skipped,
+        area_km2=height * width * pixel_km2,
+        seconds={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+def _run_row(
+    net: FieldModel,
+    chips: list[tuple[int, np.ndarray, np.ndarray]],
+    row: int,
+    stitcher: SceneStitcher,
+    device: torch.device,
+    batch_size: int,
+    score_threshold: float,
+    timings: dict[str, float],
+) -> int:
+    """Predict, resolve and stitch one row of chips (in column order); return chips skipped."""
+    resolved: dict[int, object] = {}
+    with_data = [i for i, (_, _, valid) in enumerate(chips) if valid.any()]
+    for start in range(0, len(with_data), batch_size):
+        batch = with_data[start : start + batch_size]
+        tick = time.perf_counter()
+        images = [_to_device(chips[i][1], device) for i in batch]
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            predictions = net.predict(images)
+        timings["model"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        for i, prediction in zip(batch, predictions, strict=True):
+            resolved[i] = resolve_chip(prediction, chips[i][2], score_threshold=score_threshold)
+        timings["resolve"] += time.perf_counter() - tick
+    tick = time.perf_counter()
+    for i, (col, image, valid) in enumerate(chips):
+        chip = resolved.get(i)
+        if chip is None:  # no data: nothing to find
+            chip = empty_chip(*image.shape[1:])
+        stitcher.add_chip(row, col, chip, valid)  # type: ignore[arg-type]
+    timings["stitch"] += time.perf_counter() - tick
+    return len(chips) - len(with_data)
+
+
+def _to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(image.astype(np.float32, copy=False))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def _pad(array: np.ndarray, size: int, fill: float | bool | None) -> np.ndarray:
+    """A (bands, H, W) piece padded to size x size with ``fill`` (nodata, or False)."""
+    bands, rows, cols = array.shape
+    if rows == size and cols == size:
+        return array
+    out = np.full((bands, size, size), 0 if fill is None else fill, dtype=array.dtype)
+    out[:, :rows, :cols] = array
+    return out
+
+
+def _write_batch(
+    batch: object,
+    writer: FieldWriter,
+    transform: rasterio.Affine,
+    info: RasterInfo,
+    loaded: _LoadedModel,
+    min_area: float,
+    timings: dict[str, float],
+) -> None:
+    tick = time.perf_counter()
+    frame = trace_fields(batch, transform, info.crs, categories=loaded.categories,  # type: ignore[arg-type]
+                         model=loaded.name, min_area_m2=min_area)  # fmt: skip
+    timings["trace"] += time.perf_counter() - tick
+    tick = time.perf_counter()
+    writer.write(frame)
+    timings["write"] += time.perf_counter() - tick
+
+
+def _load_model(model: FieldModel | str | os.PathLike[str]) -> _LoadedModel:
+    if isinstance(model, FieldModel):
+        return _LoadedModel(model, model.family, DEFAULT_CHIP_SIZE, ("field",))
+    from fieldseg.checkpoint import load_checkpoint, resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(model)
+    checkpoint = load_checkpoint(path)
+    spec = checkpoint.spec
+    return _LoadedModel(
+        checkpoint.build_model(),
+        f"{checkpoint.data['family']}:{_file_hash(path)}",
+        spec.chip_size,
+        spec.categories,
+    )
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _check_bands(info: RasterInfo, model: FieldModel) -> None:
+    """The scene must have the model's band count, and its names where the scene names bands."""
+    expected = list(model.band_names)
+    if info.count != len(expected):
+        raise InputFileError(
+            f"{info.path} has {info.count} bands; the model was trained on {len(expected)} "
+            f"({', '.join(expected)})"
+        )
+    names = list(info.band_names)
+    if names != list(default_band_names(info.count)) and names != expected:
+        raise InputFileError(
+            f"{info.path} has bands {names}; the model was trained on {expected} (same order)"
+        )
+
+
+def _warn_if_statistics_differ(
+    src: rasterio.DatasetReader, info: RasterInfo, model: FieldModel
+) -> None:
+    """Warn when a band's median lies far outside the range the model was trained on."""
+    scale = max(1, math.ceil(max(info.width, info.height) / 512))
+    sample = src.read(
+        out_shape=(info.count, max(1, info.height // scale), max(1, info.width // scale))
+    )
+    low = model.normaliser.low.flatten().tolist()
+    high = model.normaliser.high.flatten().tolist()
+    far = []
+    for band, values in enumerate(sample):
+        data = values.astype(np.float64)
+        keep = np.isfinite(data) & ((data != info.nodata) if info.nodata is not None else True)
+        if not keep.any():
+            continue
+        median = float(np.median(data[keep]))
+        spread = max(high[band] - low[band], 1e-6)
+        if median < low[band] - spread or median > high[band] + spread:
+            name = model.band_names[band]
+            far.append(f"{name} (median {median:g}, trained {low[band]:g}-{high[band]:g})")
+    if far:
+        logger.warning(
+            "the scene's values are far from those the model was trained on: %s; "
+            "check the bands and their scaling",
+            "; ".join(far),
+        )
+
+
+def _prediction_area(
+    info: RasterInfo, extent: str | os.PathLike[str] | None, bbox: Sequence[float] | None
+) -> tuple[Window, object | None]:
+    """The scene window to predict, and the AOI polygon inside it (None: the whole window)."""
+    full = Window(0, 0, info.width, info.height)
+    aoi = None
+    if extent is not None:
+        aoi = read_area_of_interest(extent, info.crs)
+        bounds = aoi.bounds  # type: ignore[attr-defined]
+    elif bbox is not None:
+        if len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
+            raise ConfigError("--bbox needs xmin ymin xmax ymax with xmin < xmax and ymin < ymax")
+        bounds = tuple(bbox)
+    else:
+        return full, None
+    window = from_bounds(*bounds, transform=info.transform).round_offsets().round_lengths()
+    try:
+        window = window.intersection(full)
+    except rasterio.errors.WindowError:
+        window = None
+    if window is None or window.width < 1 or window.height < 1:
+        what = "--extent" if extent is not None else "--bbox"
+        raise InputFileError(f"{what} does not overlap the scene {info.path}")
+    return window, aoi
+
+
+def _chip_km2(info: RasterInfo, chip_size: int, overlap: int) -> float:
+    """Ground area per chip step (for the progress bar)."""
+    stride = chip_size - overlap
+    return stride * stride * abs(info.transform.a * info.transform.e) / 1e6
+
+
+def _write_debug_layers(
+    writer: FieldWriter,
+    rows: list[int],
+    cols: list[int],
+    chip_size: int,
+    transform: rasterio.Affine,
+    info: RasterInfo,
+) -> None:
+    """Chip footprints and seam lines (chip edges) as extra GeoPackage layers."""
+    import geopandas as gpd
+    import shapely
+
+    boxes, names = [], []
+    for r in rows:
+        for c in cols:
+            x0, y0 = transform * (c, r)
+            x1, y1 = transform * (c + chip_size, r + chip_size)
+            boxes.append(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+            names.append(f"r{r}_c{c}")
+    chips = gpd.GeoDataFrame({"chip": names}, geometry=boxes, crs=info.crs)
+    edges = [shapely.LineString(b.exterior.coords) for b in boxes]
+    seams = gpd.GeoDataFrame({"chip": names}, geometry=edges, crs=info.crs)
+    writer.write_layer("chips", chips)
+    writer.write_layer("seams", seams)

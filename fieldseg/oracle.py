@@ -1,0 +1,154 @@
+"""An oracle chip model, to measure the stitcher apart from any trained model.
+
+The oracle's scene has one band, the truth field id of every pixel (0: no field), written by
+:func:`write_truth_raster`. For each chip the oracle returns what a perfect chip model would see:
+one mask per field present in the chip, cut at the chip edges, without field ids (each chip
+numbers its instances afresh, so the stitcher must find the pieces of a field on its own).
+
+The noisy mode is specified exactly, as real models are not perfect:
+
+* every mask leaks ``leak_pixels`` (2) pixels into each touching neighbouring field (a square
+  dilation kept only on the fields it shares an edge with, never on background or on fields
+  across a gap);
+* scores are uniform random in [0.5, 1];
+* ``drop_share`` (10 %) of the pieces that touch a chip edge are missing.
+
+Masks are binary (probability 1 on the mask): the leaked pixels are as confident as the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import torch
+
+from fieldseg.atomic_output import atomic_file
+from fieldseg.band_statistics import BandStatistics
+from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
+from fieldseg.raster_io import open_raster, write_geotiff
+from fieldseg.rasterization import rasterize_labels_in_strips
+from fieldseg.vector_io import read_vector
+
+#: The oracle scene's one band.
+ORACLE_BAND = "field_id"
+
+
+class OracleFieldModel(FieldModel):
+    """A perfect (or exactly specified noisy) chip model over a truth-id scene.
+
+    Args:
+        noisy: leak masks, randomise scores and drop edge pieces (module docstring).
+        seed: the noisy mode's random seed (chips draw from one generator in call order).
+        nodata: the id raster's nodata value, if any.
+        leak_pixels: how far masks leak into touching neighbours in noisy mode.
+        drop_share: share of edge-touching pieces missing in noisy mode.
+    """
+
+    family = "oracle"
+
+    def __init__(
+        self,
+        *,
+        noisy: bool = False,
+        seed: int = 0,
+        nodata: float | None = None,
+        leak_pixels: int = 2,
+        drop_share: float = 0.1,
+    ) -> None:
+        stats = BandStatistics(name=ORACLE_BAND, p2=0, p98=2**31 - 1, mean=0, std=1, n_pixels=1)
+        super().__init__([ORACLE_BAND], [stats], nodata)
+        self.noisy = noisy
+        self.leak_pixels = leak_pixels
+        self.drop_share = drop_share
+        self._rng = np.random.default_rng(seed)
+        self._anchor = torch.nn.Parameter(torch.zeros(1))  # so .to(device) and .parameters() work
+
+    def training_step(
+        self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        """The oracle knows the answer; it has nothing to learn."""
+        raise TypeError("the oracle model is not trained")
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[torch.Tensor]) -> list[ChipPrediction]:
+        """The fields of each chip as masks, cut at the chip edge (noisy if asked)."""
+        return [self._predict_chip(image) for image in images]
+
+    def _predict_chip(self, image: torch.Tensor) -> ChipPrediction:
+        ids = image[0].round().to(torch.int64)
+        ids = torch.where(self.normaliser.valid(image), ids, torch.zeros_like(ids))
+        present = torch.unique(ids)
+        present = present[present > 0]
+        masks = (ids[None] == present[:, None, None]).float()
+        scores = torch.ones(len(present))
+        if self.noisy and len(present):
+            masks = self._leak(masks, ids, present)
+            scores = torch.from_numpy(self._rng.uniform(0.5, 1.0, len(present))).float()
+            edge = touches_edge(masks).numpy()
+            dropped = edge & (self._rng.random(len(present)) < self.drop_share)
+            keep = torch.from_numpy(~dropped)
+            masks, scores = masks[keep], scores[keep]
+        return ChipPrediction(
+            masks=masks,
+            scores=scores,
+            labels=torch.ones(len(scores), dtype=torch.int64),
+            touches_edge=touches_edge(masks),
+        )
+
+    def _leak(self, masks: torch.Tensor, ids: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Each mask grown by ``leak_pixels`` onto the fields it touches (shares an edge with)."""
+        n = len(present)
+        index = torch.zeros(int(ids.max()) + 1, dtype=torch.int64)
+        index[present] = torch.arange(1, n + 1)
+        local = index[ids]  # 0 background, k: the k-th present field
+        touching = torch.zeros((n + 1, n + 1), dtype=torch.bool)
+        for a, b in ((local[:, 1:], local[:, :-1]), (local[1:], local[:-1])):
+            pairs = (a != b) & (a > 0) & (b > 0)
+            touching[a[pairs], b[pairs]] = True
+            touching[b[pairs], a[pairs]] = True
+        # a pixel of field j gets the mask of every field i touching j within leak_pixels
+        # (chessboard distance), found by shifting the label image rather than dilating masks
+        leaked = masks.clone()
+        height, width = local.shape
+        reach = self.leak_pixels
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                source = torch.zeros_like(local)
+                ys = slice(max(0, dy), height + min(0, dy))
+                xs = slice(max(0, dx), width + min(0, dx))
+                ys_from = slice(max(0, -dy), height + min(0, -dy))
+                xs_from = slice(max(0, -dx), width + min(0, -dx))
+                source[ys, xs] = local[ys_from, xs_from]
+                hit = (source > 0) & touching[source, local]
+                y, x = hit.nonzero(as_tuple=True)
+                leaked[source[y, x] - 1, y, x] = 1.0
+        return leaked
+
+
+def write_truth_raster(
+    fields: str | os.PathLike[str] | gpd.GeoDataFrame,
+    like: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> int:
+    """Burn truth polygons (ids 1..N in row order) onto the grid of the scene ``like``.
+
+    Returns:
+        The number of fields burnt.
+    """
+    with open_raster(like) as src:
+        profile = {"crs": src.crs, "transform": src.transform}
+        height, width = src.height, src.width
+    frame = fields if isinstance(fields, gpd.GeoDataFrame) else read_vector(fields)
+    frame = frame.to_crs(profile["crs"])
+    ids = np.zeros((height, width), np.int32)
+    rasterize_labels_in_strips(frame.geometry.values, transform=profile["transform"], out=ids)
+    with atomic_file(out, overwrite=overwrite) as tmp:
+        write_geotiff(tmp, ids[None], crs=profile["crs"], transform=profile["transform"],
+                      band_names=[ORACLE_BAND])  # fmt: skip
+    return len(frame)

@@ -1,0 +1,103 @@
+"""One chip's overlapping instances -> one label image, by the rule of fieldseg.chip_resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fieldseg.chip_resolution import resolve_chip
+from fieldseg.models.base import ChipPrediction, touches_edge
+from fieldseg.oracle import OracleFieldModel
+
+SIZE = 32
+
+
+def _prediction(masks: list[np.ndarray], scores: list[float]) -> ChipPrediction:
+    stack = torch.from_numpy(np.stack(masks).astype(np.float32))
+    return ChipPrediction(
+        masks=stack,
+        scores=torch.tensor(scores),
+        labels=torch.ones(len(scores), dtype=torch.int64),
+        touches_edge=touches_edge(stack),
+    )
+
+
+def _box(r0: int, r1: int, c0: int, c1: int, value: float = 1.0) -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), np.float32)
+    mask[r0:r1, c0:c1] = value
+    return mask
+
+
+ALL_VALID = np.ones((SIZE, SIZE), bool)
+
+
+def test_disjoint_masks_pass_through() -> None:
+    a, b = _box(2, 10, 2, 12), _box(2, 10, 12, 20)
+    chip = resolve_chip(_prediction([a, b], [0.9, 0.8]), ALL_VALID)
+    assert len(chip) == 2
+    assert np.array_equal(chip.labels == 1, a > 0) and np.array_equal(chip.labels == 2, b > 0)
+    assert chip.probability[chip.labels > 0].min() == 1.0
+    assert np.allclose(chip.scores, [0.9, 0.8])
+
+
+def test_two_pixel_leak_between_touching_fields_is_undone() -> None:
+    # fields a (columns 2-11) and b (12-19); each mask leaks 2 px into the other, equally sure
+    a, b = _box(4, 14, 2, 14), _box(4, 14, 10, 20)
+    chip = resolve_chip(_prediction([a, b], [0.6, 0.9]), ALL_VALID)
+    truth_a, truth_b = _box(4, 14, 2, 12) > 0, _box(4, 14, 12, 20) > 0
+    assert np.array_equal(chip.labels == 1, truth_a)
+    assert np.array_equal(chip.labels == 2, truth_b)
+
+
+def test_noisy_oracle_chip_is_resolved_back_to_its_fields() -> None:
+    # a 5 x 5 field inside a large one, a 1 px strip and a 2 px strip between two fields;
+    # every mask leaks 2 px into the fields it touches (the oracle's noisy mode, no drops)
+    ids = np.zeros((SIZE, SIZE), np.int32)
+    ids[0:16, 0:16] = 1
+    ids[5:10, 5:10] = 2  # enclosed by field 1
+    ids[18:30, 2:12] = 3
+    ids[18:30, 12] = 4  # 1 px strip
+    ids[18:30, 13:15] = 5  # 2 px strip
+    ids[18:30, 15:28] = 6
+    oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
+    (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
+    assert (
+        prediction.masks.sum(dim=(1, 2)) > torch.bincount(torch.from_numpy(ids.ravel()))[1:]
+    ).all()
+    chip = resolve_chip(prediction, ALL_VALID, min_pixels=1)
+    assert len(chip) == 6
+    for field in range(1, 7):
+        assert len(np.unique(chip.labels[ids == field])) == 1  # each field one label ...
+    assert len(np.unique(chip.labels[ids > 0])) == 6  # ... and no two fields share one
+    assert np.array_equal(chip.labels > 0, ids > 0)
+
+
+def test_a_clearly_more_probable_mask_wins_over_depth() -> None:
+    sure = _box(4, 14, 2, 14, 0.95)
+    unsure = _box(4, 14, 10, 20, 0.6)
+    chip = resolve_chip(_prediction([sure, unsure], [0.8, 0.8]), ALL_VALID)
+    assert np.array_equal(chip.labels == 1, sure > 0)
+    assert np.allclose(chip.probability[chip.labels == 1], 0.95)
+
+
+def test_duplicates_are_dropped_and_thresholds_apply() -> None:
+    field = _box(4, 14, 4, 14)
+    shifted = _box(4, 14, 5, 14)  # IoU 0.9 with field: the same field detected twice
+    faint = _box(20, 28, 20, 28)
+    tiny = _box(0, 1, 30, 32)  # two pixels
+    prediction = _prediction([field, shifted, faint, tiny], [0.7, 0.9, 0.3, 0.9])
+    chip = resolve_chip(prediction, ALL_VALID, score_threshold=0.5, min_pixels=4)
+    assert len(chip) == 1 and np.allclose(chip.scores, [0.9])
+    assert np.array_equal(chip.labels == 1, shifted > 0)
+
+
+def test_nothing_on_nodata_and_background_evidence() -> None:
+    soft = _box(0, 16, 0, 16, 0.8) + _box(20, 30, 20, 30, 0.3)
+    valid = ALL_VALID.copy()
+    valid[:, :8] = False
+    chip = resolve_chip(_prediction([soft], [0.9]), valid)
+    assert not chip.labels[:, :8].any() and (chip.labels[:16, 8:16] == 1).all()
+    assert np.allclose(chip.probability[20:30, 20:30], 0.7)  # 1 - the strongest mask there
+    assert np.allclose(chip.probability[0, 20], 1.0)
+    empty = resolve_chip(_prediction([soft], [0.1]), valid)
+    assert len(empty) == 0 and not empty.labels.any()

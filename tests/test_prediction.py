@@ -1,0 +1,264 @@
+"""``fieldseg predict`` end to end: the oracle through the real stitcher, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+import shapely
+import torch
+from conftest import assert_user_error, run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rasterio import features
+
+from fieldseg.chip_grid import chip_starts
+from fieldseg.chip_resolution import resolve_chip
+from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
+from fieldseg.field_polygons import FIELD_COLUMNS, true_area_perimeter
+from fieldseg.inference import predict_scene
+from fieldseg.object_matching import match_objects
+from fieldseg.oracle import OracleFieldModel, write_truth_raster
+from fieldseg.stitching import SceneStitcher
+from fieldseg.synthetic import synth
+from fieldseg.vector_io import read_vector
+
+
+class Scene:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.image = root / "scene.tif"
+        self.truth = root / "truth.gpkg"
+        self.ids = root / "ids.tif"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
+    s = Scene(tmp_path_factory.mktemp("predict"))
+    synth(s.image, s.truth, size=320, seed=3, bands=4, dates=1)
+    write_truth_raster(s.truth, s.image, s.ids)
+    return s
+
+
+def _predict(scene: Scene, out: Path, **kwargs: object) -> gpd.GeoDataFrame:
+    options = {"chip_size": 96, "overlap": 32, "show_progress": False, "min_area_m2": 0.0}
+    options.update(kwargs)
+    model = options.pop("model", OracleFieldModel())
+    predict_scene(scene.ids, model, out, **options)  # type: ignore[arg-type]
+    return read_vector(out, layer="fields" if out.suffix == ".gpkg" else None)
+
+
+def _overlapping_pairs(frame: gpd.GeoDataFrame) -> int:
+    geometries = frame.geometry.values
+    a, b = shapely.STRtree(geometries).query(geometries, predicate="overlaps")
+    return int((a < b).sum())
+
+
+@pytest.mark.parametrize(("chip", "overlap"), [(48, 12), (64, 30), (80, 4)])
+def test_exact_oracle_gives_the_truth_back(scene: Scene, tmp_path: Path, chip: int,
+                                           overlap: int) -> None:  # fmt: skip
+    truth = gpd.read_file(scene.truth)
+    widths = truth.geometry.bounds.eval("maxx - minx") / 10
+    assert (widths > chip).any()  # some fields are larger than a chip
+    fields = _predict(scene, tmp_path / "fields.gpkg", chip_size=chip, overlap=overlap)
+    matches = match_objects(fields.geometry.values, truth.geometry.values)
+    assert matches.f1 >= 0.99 and len(fields) == len(truth)
+    assert len(matches.split_truth) == 0 and len(matches.merged_truth) == 0
+    assert _overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
+    assert fields.crs == truth.crs
+    assert fields["seam_merged"].any() and (fields["n_chips"] >= 2).any()
+
+
+def test_noisy_oracle_meets_the_targets(scene: Scene, tmp_path: Path) -> None:
+    truth = gpd.read_file(scene.truth)
+    fields = _predict(scene, tmp_path / "fields.gpkg", chip_size=128, overlap=32,
+                      model=OracleFieldModel(noisy=True, seed=1))  # fmt: skip
+    matches = match_objects(fields.geometry.values, truth.geometry.values)
+    assert matches.f1 >= 0.95
+    assert len(matches.merged_truth) <= 0.01 * len(truth)
+    assert _overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
+    assert fields["score"].between(0.5, 1.0).all()
+
+
+def test_outputs_in_every_format_hold_the_same_fields(scene: Scene, tmp_path: Path) -> None:
+    frames = {suffix: _predict(scene, tmp_path / f"fields{suffix}")
+              for suffix in (".gpkg", ".parquet", ".fgb", ".geojson")}  # fmt: skip
+    reference = frames[".gpkg"].sort_values("field_id").reset_index(drop=True)
+    assert list(reference.columns) == [*FIELD_COLUMNS, "geometry"]
+    assert reference["field_id"].tolist() == list(range(1, len(reference) + 1))
+    assert reference["model"].unique().tolist() == ["oracle"]
+    assert reference["class"].unique().tolist() == ["field"]
+    pixels = reference.geometry.area / 100
+    assert np.allclose(reference["area_m2"], reference.geometry.area)
+    assert np.allclose(pixels, pixels.round())  # traced on the pixel grid
+    for suffix, frame in frames.items():
+        frame = frame.sort_values("field_id").reset_index(drop=True)
+        assert len(frame) == len(reference), suffix
+        assert frame.crs == reference.crs, suffix
+        assert np.allclose(frame["area_m2"], reference["area_m2"]), suffix
+        assert shapely.equals(frame.geometry.values, reference.geometry.values).all(), suffix
+    geo = json.loads(pq.read_schema(tmp_path / "fields.parquet").metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    with sqlite3.connect(tmp_path / "fields.gpkg") as db:
+        styled = db.execute("SELECT f_table_name FROM layer_styles WHERE useAsDefault").fetchall()
+        indexed = db.execute("SELECT count(*) FROM gpkg_extensions WHERE extension_name = "
+                             "'gpkg_rtree_index' AND table_name = 'fields'").fetchone()  # fmt: skip
+    assert styled == [("fields",)] and indexed == (1,)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_existing_output_is_refused_and_a_failed_run_leaves_nothing(
+    scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "fields.gpkg"
+    out.write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        _predict(scene, out)
+    assert out.read_text() == "mine"
+    calls = []
+
+    def failing(self: OracleFieldModel, images: list[torch.Tensor]) -> list[object]:
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("the GPU fell over")
+        return [self._predict_chip(image) for image in images]
+
+    monkeypatch.setattr(OracleFieldModel, "predict", failing)
+    with pytest.raises(RuntimeError, match="fell over"):
+        _predict(scene, tmp_path / "new.gpkg", chip_size=64, overlap=16, batch_size=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fields.gpkg"]
+
+
+def test_bbox_extent_and_debug_layers(scene: Scene, tmp_path: Path) -> None:
+    with rasterio.open(scene.ids) as src:
+        left, bottom = src.bounds.left, src.bounds.bottom
+    box = (left + 500, bottom + 800, left + 2100, bottom + 2600)
+    fields = _predict(scene, tmp_path / "bbox.gpkg", bbox=box, debug_layers=True)
+    assert len(fields) > 20
+    assert fields.geometry.within(shapely.box(*box)).all()
+    assert fields["touches_edge_or_nodata"].any() and not fields["touches_edge_or_nodata"].all()
+    chips = gpd.read_file(tmp_path / "bbox.gpkg", layer="chips")
+    seams = gpd.read_file(tmp_path / "bbox.gpkg", layer="seams")
+    assert len(chips) == len(seams) > 1 and (seams.geom_type == "LineString").all()
+
+    aoi = shapely.Point(left + 1600, bottom + 1600).buffer(900)
+    gpd.GeoDataFrame(geometry=[aoi], crs=fields.crs).to_file(tmp_path / "aoi.gpkg")
+    inside = _predict(scene, tmp_path / "aoi_fields.gpkg", extent=tmp_path / "aoi.gpkg")
+    assert len(inside) > 10
+    assert inside.geometry.within(aoi.buffer(7.1)).all()  # pixel centres inside the AOI
+
+
+def test_nodata_is_never_a_field(tmp_path: Path) -> None:
+    synth(tmp_path / "scene.tif", tmp_path / "truth.gpkg", size=256, seed=5, bands=4, dates=1,
+          nodata_border=True)  # fmt: skip
+    with rasterio.open(tmp_path / "scene.tif") as src:
+        nodata = src.read(1) == src.nodata
+        profile = src.profile
+    write_truth_raster(tmp_path / "truth.gpkg", tmp_path / "scene.tif", tmp_path / "ids.tif")
+    with rasterio.open(tmp_path / "ids.tif") as src:
+        ids = src.read(1)
+    ids[nodata] = -1
+    profile.update(count=1, dtype="int32", nodata=-1)
+    with rasterio.open(tmp_path / "ids_nodata.tif", "w", **profile) as dst:
+        dst.write(ids[None])
+    s = Scene(tmp_path)
+    s.ids = tmp_path / "ids_nodata.tif"
+    fields = _predict(s, tmp_path / "fields.gpkg", chip_size=64, overlap=16,
+                      model=OracleFieldModel(nodata=-1))  # fmt: skip
+    with rasterio.open(s.ids) as src:
+        burnt = features.rasterize(
+            [(g, 1) for g in fields.geometry], out_shape=ids.shape, transform=src.transform
+        )
+    assert not (burnt.astype(bool) & nodata).any()
+    near = fields[fields["touches_edge_or_nodata"]]
+    assert len(near) > 0 and len(near) < len(fields)
+
+
+def test_areas_are_true_metres_in_a_geographic_crs() -> None:
+    square = shapely.box(500000, 5000000, 501000, 5001000)  # 1 km2 in UTM 33N
+    geographic = gpd.GeoSeries([square], crs=32633).to_crs(4326).values
+    area, perimeter = true_area_perimeter(np.asarray(geographic), gpd.GeoSeries(crs=4326).crs)
+    assert area[0] == pytest.approx(1e6, rel=0.005) and perimeter[0] == pytest.approx(
+        4000, rel=0.005
+    )
+    area, perimeter = true_area_perimeter(np.asarray([square]), gpd.GeoSeries(crs=32633).crs)
+    assert area[0] == 1e6 and perimeter[0] == 4000
+
+
+def test_bad_input_is_one_clear_error(scene: Scene, tmp_path: Path) -> None:
+    out = tmp_path / "fields.gpkg"
+    with pytest.raises(InputFileError, match=r"has 4 bands; the model was trained on 1"):
+        predict_scene(scene.image, OracleFieldModel(), out, show_progress=False)
+    with pytest.raises(ConfigError, match="overlap must be at least 2"):
+        predict_scene(scene.ids, OracleFieldModel(), out, overlap=0, show_progress=False)
+    with pytest.raises(InputFileError, match="does not overlap the scene"):
+        predict_scene(scene.ids, OracleFieldModel(), out, bbox=(0, 0, 10, 10), show_progress=False)
+    with pytest.raises(ConfigError, match="cannot tell the vector format"):
+        predict_scene(scene.ids, OracleFieldModel(), tmp_path / "fields.txt", show_progress=False)
+    assert not out.exists()
+    result = run("predict", scene.ids, "-o", out, "-m", tmp_path / "nowhere.pt")
+    assert_user_error(result, "checkpoint not found")
+
+
+def test_cli_help_lists_every_option() -> None:
+    result = run("predict", "--help")
+    assert result.exit_code == 0
+    for option in ("--output", "--model", "--chip-size", "--overlap", "--batch-size",
+                   "--score-threshold", "--min-area-m2", "--extent", "--bbox", "--device",
+                   "--overwrite", "--debug-layers"):  # fmt: skip
+        assert option in result.output
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rectangles=st.lists(
+        st.tuples(st.integers(0, 44), st.integers(0, 44), st.integers(1, 20), st.integers(1, 20)),
+        min_size=1,
+        max_size=25,
+    ),
+    chip=st.integers(16, 32),
+    overlap=st.integers(2, 12),
+)
+def test_exact_oracle_partition_survives_any_grid(
+    rectangles: list[tuple[int, int, int, int]], chip: int, overlap: int
+) -> None:
+    size = 48
+    truth = np.zeros((size, size), np.int32)
+    for k, (r, c, h, w) in enumerate(rectangles, start=1):
+        truth[r : r + h, c : c + w] = k
+    # fields are the 4-connected pieces of each id (as rasterio traces them)
+    pieces = np.zeros_like(truth)
+    count = 0
+    for value in np.unique(truth[truth > 0]):
+        mask = truth == value
+        for geometry, _ in features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4):
+            count += 1
+            pieces[features.rasterize([geometry], out_shape=truth.shape) > 0] = count
+    oracle = OracleFieldModel()
+    stitcher = SceneStitcher(size, size, overlap=min(overlap, chip - 1))
+    starts = chip_starts(size, chip, chip - min(overlap, chip - 1))
+    result = np.zeros_like(truth)
+    offset = 0
+    for i, row in enumerate(starts):
+        for col in starts:
+            window = pieces[row : row + chip, col : col + chip].astype(np.float32)
+            (prediction,) = oracle.predict([torch.from_numpy(window[None])])
+            chip_result = resolve_chip(prediction, np.ones(window.shape, bool), min_pixels=1)
+            stitcher.add_chip(row, col, chip_result, np.ones(window.shape, bool))
+        below = starts[i + 1] if i + 1 < len(starts) else size + 1
+        batch = stitcher.close_rows(below)
+        if batch is not None:
+            band = result[batch.row_offset : batch.row_offset + batch.labels.shape[0]]
+            assert not (band[batch.labels > 0] > 0).any()
+            band[batch.labels > 0] = batch.labels[batch.labels > 0] + offset
+            offset += len(batch)
+    # the same partition as the truth pieces, up to renumbering
+    assert np.array_equal(result > 0, pieces > 0)
+    pairs = set(zip(result[pieces > 0].tolist(), pieces[pieces > 0].tolist(), strict=True))
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == count
