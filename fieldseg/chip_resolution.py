@@ -91,15 +91,18 @@ def resolve_chip(
     keep = (prediction.scores >= score_threshold).nonzero().flatten()
     if keep.numel() == 0:
         return empty_chip(height, width)
-    masks = prediction.masks[keep].detach().float().cpu()
+    every = keep.numel() == len(prediction.scores)
+    masks = prediction.masks.detach().float().cpu()
+    masks = (masks if every else masks[keep]).numpy().reshape(keep.numel(), -1)
     scores = prediction.scores[keep].detach().float().cpu().numpy()
     classes = prediction.labels[keep].detach().cpu().numpy().astype(np.int64)
     flat_valid = valid.ravel()
-    pmax = masks.amax(dim=0).numpy().ravel() * flat_valid
-    inst, ys, xs = (masks >= MASK_THRESHOLD).nonzero(as_tuple=True)
-    pixel = (ys * width + xs).numpy()
-    claims = _Claims(pixel, inst.numpy(), masks[inst, ys, xs].numpy().astype(np.float64))
-    claims = claims.where(flat_valid[pixel])
+    pmax = masks.max(axis=0) * flat_valid
+    where = np.flatnonzero(masks >= MASK_THRESHOLD)  # 1-D: far faster than a 2-D nonzero
+    inst, pixel = np.divmod(where, height * width)
+    claims = _Claims(pixel, inst, masks[inst, pixel].astype(np.float64))
+    if not flat_valid.all():
+        claims = claims.where(flat_valid[pixel])
     n = len(scores)
     claims = claims.where(~_duplicates(claims, scores, duplicate_share)[claims.instance])
     depth = _depths(claims, n, height, width, max_depth)
@@ -169,13 +172,31 @@ def _depths(claims: _Claims, n: int, height: int, width: int, cap: int) -> np.nd
     mask leaks into its neighbours, never into background, so only edges against other claims
     tell how far a pixel lies from the place where one field turns into the next.
     """
-    if len(claims.pixel) == 0:
-        return np.zeros(0, np.int64)
+    depth = np.full(len(claims.pixel), cap, np.int64)
+    shared = np.bincount(claims.pixel, minlength=height * width) > 1
+    involved = np.zeros(n, bool)
+    involved[claims.instance[shared[claims.pixel]]] = True
+    if not involved.any():
+        return depth  # no pixel is contested: depths are never compared
+    subset = involved[claims.instance]
+    depth[subset] = _depths_of(
+        _Claims(claims.pixel[subset], claims.instance[subset], claims.value[subset]),
+        claims.pixel,
+        height,
+        width,
+        cap,
+    )
+    return depth
+
+
+def _depths_of(
+    claims: _Claims, all_pixels: np.ndarray, height: int, width: int, cap: int
+) -> np.ndarray:
     keys = claims.instance.astype(np.int64) * (height * width) + claims.pixel
     order = np.argsort(keys)
     sorted_keys = keys[order]
     claimed = np.zeros(height * width, bool)
-    claimed[claims.pixel] = True
+    claimed[all_pixels] = True
     ys, xs = claims.pixel // width, claims.pixel % width
     neighbours = []
     for dy in (-1, 0, 1):

@@ -189,6 +189,13 @@ def test_weights_file_first_conv_must_fit_the_bands(tmp_path: Path) -> None:
     assert loaded == len(source.state_dict())
 
 
+def test_chips_keep_their_size_whatever_the_training_chips() -> None:
+    model = _light_model(upsample=2.0)  # built for 64 px chips
+    (prediction,) = model.predict([torch.full((4, 96, 96), 1000.0)])
+    assert prediction.masks.shape[-2:] == (96, 96)
+    assert model.detector.transform.min_size == (192,) and model.detector.transform.max_size == 192
+
+
 def test_mobilenet_fpn_starts_at_stride_4() -> None:
     torch.manual_seed(0)
     config = MaskRCNNConfig(backbone="mobilenet_v3_large")

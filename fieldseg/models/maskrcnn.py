@@ -175,6 +175,18 @@ class MaskRCNNFieldModel(FieldModel):
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         self.detector.load_state_dict(fitting, strict=False)
 
+    def _size_transform(self, images: Sequence[torch.Tensor]) -> None:
+        """Keep chips at their own size (times ``upsample``), whatever size they come in.
+
+        torchvision resizes every image to ``min_size``; fixed at the training chip size, that
+        would shrink larger chips at prediction time and blur their small fields.
+        """
+        side = max(max(image.shape[-2:]) for image in images) if images else 0
+        if side:
+            size = round(side * self.config.upsample)
+            self.detector.transform.min_size = (size,)
+            self.detector.transform.max_size = size
+
     def training_step(
         self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]]
     ) -> dict[str, torch.Tensor]:
@@ -184,6 +196,7 @@ class MaskRCNNFieldModel(FieldModel):
         (see :mod:`fieldseg.models.ignore_sampling`).
         """
         self.detector.train()
+        self._size_transform(images)
         keys = ("boxes", "labels", "masks", "ignore")
         detector_targets = [{k: t[k] for k in keys if t.get(k) is not None} for t in targets]
         return self.detector(self.normalise(images), detector_targets)
@@ -192,6 +205,7 @@ class MaskRCNNFieldModel(FieldModel):
     def predict(self, images: Sequence[torch.Tensor]) -> list[ChipPrediction]:
         """Instances of each raw chip, with soft masks at chip resolution."""
         self.detector.eval()
+        self._size_transform(images)
         outputs = self.detector(self.normalise(images))
         predictions = []
         for output in outputs:

@@ -1,0 +1,91 @@
+"""`fieldseg predict` with a trained checkpoint: on synthetic data and on a real FTW scene.
+
+The real scene (``../shared/data/real/ftw-austria-8band.tif``: 8 bands uint16, red, green, blue
+and NIR for two dates, no band names) is predicted with a checkpoint trained briefly on 8-band
+synthetic data whose bands carry the same names. The model is barely trained: the test checks
+that the whole path works on real data (bands, CRS, bounds, output, QGIS style), not accuracy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import rasterio
+import shapely
+from conftest import assert_user_error, run
+
+from fieldseg.synthetic import synth
+from fieldseg.tiling import tile_scenes
+from fieldseg.training import train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_r18_cpu.yaml"
+FAST = ["training.batch_size=4", "model.rpn_post_nms_top_n_train=300",
+        "model.box_batch_size_per_image=128", "model.rpn_pre_nms_top_n_test=300",
+        "model.rpn_post_nms_top_n_test=200", "model.detections_per_chip=50",
+        "training.epochs=1"]  # fmt: skip
+AUSTRIA = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "real"
+    / ("ftw-austria-8band.tif")
+)
+
+
+@pytest.fixture(scope="module")
+def eight_band_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("eight")
+    synth(root / "scene.tif", root / "fields.gpkg", size=192, seed=3, bands=4, dates=2)
+    tile_scenes([root / "scene.tif"], root / "fields.gpkg", root / "dataset", chip_size=64,
+                overlap=0, split="0.7,0.3,0", block_size=64, seed=1)  # fmt: skip
+    train(root / "dataset", CONFIG, root / "run", overrides=FAST)
+    return root
+
+
+@pytest.mark.slow
+def test_predict_with_a_checkpoint_on_its_own_kind_of_scene(eight_band_run: Path) -> None:
+    out = eight_band_run / "predicted.gpkg"
+    result = run("predict", eight_band_run / "scene.tif", "-m", eight_band_run / "run", "-o", out,
+                 "--score-threshold", "0.05", "--chip-size", "96")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "fields over" in result.output
+    fields = gpd.read_file(out, layer="fields")
+    assert fields["model"].str.fullmatch(r"maskrcnn:[0-9a-f]{12}").all()
+    assert fields.geometry.is_valid.all()
+    geometries = fields.geometry.values
+    a, b = shapely.STRtree(geometries).query(geometries, predicate="overlaps")
+    assert not (a < b).any()
+    again = run("predict", eight_band_run / "scene.tif", "-m", eight_band_run / "run", "-o", out)
+    assert_user_error(again, "--overwrite")
+    four = eight_band_run / "four.tif"
+    with rasterio.open(eight_band_run / "scene.tif") as src:
+        profile = src.profile
+        profile.update(count=4)
+        with rasterio.open(four, "w", **profile) as dst:
+            dst.write(src.read([1, 2, 3, 4]))
+    result = run("predict", four, "-m", eight_band_run / "run", "-o", eight_band_run / "x.gpkg")
+    assert_user_error(result, "has 4 bands; the model was trained on 8")
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.skipif(not AUSTRIA.exists(), reason=f"real data not found at {AUSTRIA}")
+def test_predict_a_real_ftw_scene(eight_band_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "austria.gpkg"
+    result = run("predict", AUSTRIA, "-m", eight_band_run / "run" / "best.pt", "-o", out,
+                 "--score-threshold", "0.05", "--chip-size", "192", "--debug-layers")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    fields = gpd.read_file(out, layer="fields")
+    with rasterio.open(AUSTRIA) as src:
+        bounds, crs = shapely.box(*src.bounds), src.crs
+    assert fields.crs == crs
+    assert len(fields) > 0 and fields.geometry.within(bounds).all()
+    assert fields.geometry.is_valid.all()
+    chips = gpd.read_file(out, layer="chips")
+    assert shapely.union_all(chips.geometry.values).covers(bounds)
+    with sqlite3.connect(out) as db:
+        styled = {name for (name,) in db.execute("SELECT f_table_name FROM layer_styles")}
+    assert styled == {"fields", "chips", "seams"}
