@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 FIELDSEG := $(VENV)/bin/fieldseg
 DEMO_DIR ?= demo-output
 DEMO_SEED ?= 7
+DEMO_TEST_SEED ?= 8
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-fast lint demo bench clean
@@ -37,7 +38,11 @@ demo: venv
 		-o $(DEMO_DIR)/dataset --chip-size 128 --overlap 32 --seed $(DEMO_SEED)
 	$(FIELDSEG) train $(DEMO_DIR)/dataset -c configs/maskrcnn_r18_cpu.yaml -o $(DEMO_DIR)/run \
 		--epochs 2 --max-minutes 2 --set training.seed=$(DEMO_SEED)
-	@echo "demo: dataset in $(DEMO_DIR)/dataset, model and training curves in $(DEMO_DIR)/run (predict and evaluate arrive with later issues)"
+	$(FIELDSEG) synth -o $(DEMO_DIR)/test_scene.tif --fields $(DEMO_DIR)/test_fields.gpkg \
+		--size 512 --seed $(DEMO_TEST_SEED)
+	$(FIELDSEG) predict $(DEMO_DIR)/test_scene.tif -m $(DEMO_DIR)/run \
+		-o $(DEMO_DIR)/fields.gpkg --chip-size 256 --overlap 64
+	@echo "demo: dataset in $(DEMO_DIR)/dataset, model and training curves in $(DEMO_DIR)/run, predicted fields of the test scene in $(DEMO_DIR)/fields.gpkg (evaluate arrives with a later issue)"
 
 bench: venv
 	$(PY) benchmarks/tile.py

@@ -1,7 +1,8 @@
 """Stitched fields -> georeferenced polygons with their attributes.
 
 Polygons are traced on the pixel grid (``rasterio.features.shapes``, 4-connected) through the
-predicted area's transform, so they are exact and neighbours share their edges. A field whose
+predicted area's transform, so they are exact and neighbours share their edges; optionally they
+are simplified as a coverage, so that neighbours still share their (simplified) edges. A field whose
 pixels fall apart into several pieces keeps its largest piece; the others are dropped (they
 are left to no field). Areas and perimeters are true metres: planar in a projected CRS (scaled
 by its unit), on the ellipsoid in a geographic one. The output schema is in docs/formats.md.
@@ -26,58 +27,127 @@ FIELD_COLUMNS = ("field_id", "score", "area_m2", "perimeter_m", "n_chips", "seam
                  "touches_edge_or_nodata", "model", "class")  # fmt: skip
 
 
-def trace_fields(
-    batch: FieldBatch,
-    transform: Affine,
-    crs: CRS,
-    *,
-    categories: Sequence[str],
-    model: str,
-    min_area_m2: float = 0.0,
-) -> gpd.GeoDataFrame:
-    """The polygons of a batch of stitched fields, with their attributes (no ``field_id``).
+class FieldTracer:
+    """Trace batches of stitched fields into polygons with their attributes (no ``field_id``).
 
     Args:
-        batch: fields from :class:`fieldseg.stitching.SceneStitcher`.
-        transform: the predicted area's transform (its row 0 is the scene row of the area's top).
+        transform: the predicted area's transform (its row 0 is the top of the area).
         crs: the scene CRS.
         categories: class names by category id - 1.
         model: the ``model`` attribute (family and checkpoint hash).
         min_area_m2: smaller fields are dropped.
+        simplify_m: simplification tolerance in metres (0: exact pixel edges). Edges are
+            simplified as a coverage (``shapely.coverage_simplify``), each shared edge once for
+            both its sides, so simplifying opens no gap and makes no overlap between neighbours.
+            Edges between fields finished in different batches stay exact on both sides; a
+            field is also kept off any earlier field where both were simplified into a
+            background strip between them.
     """
-    band_transform = transform * Affine.translation(0, batch.row_offset)
-    values: list[int] = []
-    geometries: list[dict] = []
-    for geometry, value in features.shapes(
-        batch.labels, mask=batch.labels > 0, connectivity=4, transform=band_transform
-    ):
-        geometries.append(geometry)
-        values.append(int(value))
-    if not geometries:
-        return empty_fields(crs)
-    polygons = np.array([shapely.geometry.shape(g) for g in geometries], dtype=object)
-    ids = np.asarray(values) - 1
-    areas = shapely.area(polygons)
-    order = np.lexsort((-areas, ids))  # per field, its largest piece first
-    largest = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
-    polygons, ids = polygons[largest], ids[largest]
-    area_m2, perimeter_m = true_area_perimeter(polygons, crs)
-    keep = area_m2 >= min_area_m2
-    polygons, ids = polygons[keep], ids[keep]
-    area_m2, perimeter_m = area_m2[keep], perimeter_m[keep]
-    names = np.asarray(list(categories) or ["field"], dtype=object)
-    class_index = np.clip(batch.class_id[ids] - 1, 0, len(names) - 1)
-    frame = pd.DataFrame({
-        "score": batch.score[ids].astype(np.float64).round(4),
-        "area_m2": area_m2.round(2),
-        "perimeter_m": perimeter_m.round(2),
-        "n_chips": batch.n_chips[ids].astype(np.int32),
-        "seam_merged": batch.seam_merged[ids],
-        "touches_edge_or_nodata": batch.touches_edge_or_nodata[ids],
-        "model": model,
-        "class": names[class_index],
-    })  # fmt: skip
-    return gpd.GeoDataFrame(frame, geometry=polygons, crs=crs)
+
+    def __init__(
+        self,
+        transform: Affine,
+        crs: CRS,
+        *,
+        categories: Sequence[str],
+        model: str,
+        min_area_m2: float = 0.0,
+        simplify_m: float = 0.0,
+    ) -> None:
+        self.transform = transform
+        self.crs = crs
+        self.categories = np.asarray(list(categories) or ["field"], dtype=object)
+        self.model = model
+        self.min_area_m2 = min_area_m2
+        self.simplify_px = simplify_m / abs(transform.a) if simplify_m > 0 else 0.0
+        self._recent = np.zeros(0, dtype=object)  # simplified fields near the moving window
+        self._recent_bottom = np.zeros(0)  # their lowest pixel row
+
+    def trace(self, batch: FieldBatch) -> gpd.GeoDataFrame:
+        """The polygons of one batch (see :class:`FieldBatch`)."""
+        polygons, ids = self._pieces(batch)
+        if len(polygons) == 0:
+            return empty_fields(self.crs)
+        areas = shapely.area(polygons)
+        order = np.lexsort((-areas, ids))  # per field, its largest piece first
+        largest = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
+        polygons, ids = polygons[largest], ids[largest]
+        if self.simplify_px:
+            polygons = self._off_earlier_fields(polygons, batch.row_offset)
+        polygons = shapely.transform(polygons, self._to_world)
+        area_m2, perimeter_m = true_area_perimeter(polygons, self.crs)
+        keep = (area_m2 >= self.min_area_m2) & (area_m2 > 0)
+        polygons, ids = polygons[keep], ids[keep]
+        area_m2, perimeter_m = area_m2[keep], perimeter_m[keep]
+        class_index = np.clip(batch.class_id[ids] - 1, 0, len(self.categories) - 1)
+        frame = pd.DataFrame({
+            "score": batch.score[ids].astype(np.float64).round(4),
+            "area_m2": area_m2.round(2),
+            "perimeter_m": perimeter_m.round(2),
+            "n_chips": batch.n_chips[ids].astype(np.int32),
+            "seam_merged": batch.seam_merged[ids],
+            "touches_edge_or_nodata": batch.touches_edge_or_nodata[ids],
+            "model": self.model,
+            "class": self.categories[class_index],
+        })  # fmt: skip
+        return gpd.GeoDataFrame(frame, geometry=polygons, crs=self.crs)
+
+    def _pieces(self, batch: FieldBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Pieces of the batch's fields in area pixel coordinates, and their field index."""
+        shift = Affine.translation(0, batch.row_offset)
+        labels = batch.labels
+        if not self.simplify_px:
+            traced = features.shapes(labels, mask=labels > 0, connectivity=4, transform=shift)
+            pairs = [(shapely.geometry.shape(g), int(v) - 1) for g, v in traced]
+            return _unzip(pairs)
+        # the batch's fields and the land between them, as one coverage; fields of other
+        # batches (-1) are left out, so edges against them are the coverage's fixed boundary
+        traced = features.shapes(labels, mask=labels >= 0, connectivity=4, transform=shift)
+        polygons, values = _unzip([(shapely.geometry.shape(g), int(v) - 1) for g, v in traced])
+        if len(polygons) == 0:
+            return polygons, values
+        noded = shapely.transform(shapely.segmentize(polygons, 1.0), np.rint)  # every corner
+        simple = shapely.coverage_simplify(noded, self.simplify_px, simplify_boundary=False)
+        simple = np.where(shapely.is_valid(simple) & ~shapely.is_empty(simple), simple, polygons)
+        simple = shapely.simplify(simple, 0.0)  # drop the straight-edge corners again
+        fields = values >= 0
+        return np.asarray(simple, dtype=object)[fields], values[fields]
+
+    def _off_earlier_fields(self, polygons: np.ndarray, top: int) -> np.ndarray:
+        """Cut away what simplification moved onto fields handed over before."""
+        keep = self._recent_bottom >= top - 1
+        recent = self._recent[keep]
+        if len(recent):
+            tree = shapely.STRtree(recent)
+            new, old = tree.query(polygons, predicate="intersects")
+            overlap = shapely.area(shapely.intersection(polygons[new], recent[old])) > 0
+            for index in np.unique(new[overlap]):
+                others = recent[old[overlap & (new == index)]]
+                cut = shapely.difference(polygons[index], shapely.union_all(others))
+                polygons[index] = _largest_polygon(cut)
+        bottoms = shapely.bounds(polygons)[:, 3] if len(polygons) else np.zeros(0)
+        self._recent = np.concatenate([recent, polygons])
+        self._recent_bottom = np.concatenate([self._recent_bottom[keep], bottoms])
+        return polygons
+
+    def _to_world(self, coords: np.ndarray) -> np.ndarray:
+        x, y = self.transform * (coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+
+def _unzip(pairs: list[tuple[object, int]]) -> tuple[np.ndarray, np.ndarray]:
+    polygons = np.empty(len(pairs), dtype=object)
+    polygons[:] = [p for p, _ in pairs]
+    return polygons, np.asarray([v for _, v in pairs], dtype=np.int64)
+
+
+def _largest_polygon(geometry: object) -> object:
+    """The largest polygon of a geometry (an empty polygon when it has none)."""
+    parts = shapely.get_parts(geometry)
+    parts = parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON]
+    if len(parts) == 0:
+        return shapely.Polygon()
+    return parts[np.argmax(shapely.area(parts))]
 
 
 def empty_fields(crs: CRS) -> gpd.GeoDataFrame:

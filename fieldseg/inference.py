@@ -33,7 +33,7 @@ from fieldseg.chip_resolution import empty_chip, resolve_chip
 from fieldseg.devices import select_device
 from fieldseg.errors import ConfigError, InputFileError
 from fieldseg.field_output import FieldWriter
-from fieldseg.field_polygons import trace_fields
+from fieldseg.field_polygons import FieldTracer
 from fieldseg.models.base import FieldModel
 from fieldseg.progress import progress
 from fieldseg.raster_io import (
@@ -45,7 +45,7 @@ from fieldseg.raster_io import (
     read_window,
 )
 from fieldseg.rasterization import rasterize_mask
-from fieldseg.stitching import SceneStitcher
+from fieldseg.stitching import FieldBatch, SceneStitcher
 from fieldseg.vector_io import check_vector_format, read_area_of_interest
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def predict_scene(
     batch_size: int = 4,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     min_area_m2: float | None = None,
+    simplify_m: float = 0.0,
     extent: str | os.PathLike[str] | None = None,
     bbox: Sequence[float] | None = None,
     device: str = "auto",
@@ -104,6 +105,8 @@ def predict_scene(
         batch_size: chips per model call.
         score_threshold: instances scoring less are dropped.
         min_area_m2: fields smaller are dropped; default four pixels.
+        simplify_m: simplify the polygons by this tolerance in metres, keeping shared edges
+            shared (0: exact pixel edges).
         extent: a vector file: predict only inside its polygons.
         bbox: ``(xmin, ymin, xmax, ymax)`` in the scene CRS: predict only inside.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -121,6 +124,8 @@ def predict_scene(
         raise ConfigError("give --extent or --bbox, not both")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if simplify_m < 0:
+        raise ConfigError(f"--simplify-m must be >= 0, got {simplify_m}")
     loaded = _load_model(model)
     chip_size = chip_size or loaded.chip_size
     overlap = chip_size // 4 if overlap is None else overlap
@@ -143,6 +148,14 @@ def predict_scene(
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
         stitcher = SceneStitcher(height, width, overlap=overlap)
+        tracer = FieldTracer(
+            area_transform,
+            info.crs,
+            categories=loaded.categories,
+            model=loaded.name,
+            min_area_m2=min_area,
+            simplify_m=simplify_m,
+        )
         n_skipped = 0
         bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip",
                        show=show_progress)  # fmt: skip
@@ -178,7 +191,7 @@ def predict_scene(
                 batch = stitcher.close_rows(below)
                 timings["stitch"] += time.perf_counter() - tick
                 if batch is not None:
-                    _write_batch(batch, writer, area_transform, info, loaded, min_area, timings)
+                    _write_batch(batch, writer, tracer, timings)
             if debug_layers:
                 _write_debug_layers(writer, rows, cols, chip_size, area_transform, info)
     timings["total"] = time.perf_counter() - started
@@ -245,17 +258,10 @@ def _pad(array: np.ndarray, size: int, fill: float | bool | None) -> np.ndarray:
 
 
 def _write_batch(
-    batch: object,
-    writer: FieldWriter,
-    transform: rasterio.Affine,
-    info: RasterInfo,
-    loaded: _LoadedModel,
-    min_area: float,
-    timings: dict[str, float],
+    batch: FieldBatch, writer: FieldWriter, tracer: FieldTracer, timings: dict[str, float]
 ) -> None:
     tick = time.perf_counter()
-    frame = trace_fields(batch, transform, info.crs, categories=loaded.categories,  # type: ignore[arg-type]
-                         model=loaded.name, min_area_m2=min_area)  # fmt: skip
+    frame = tracer.trace(batch)
     timings["trace"] += time.perf_counter() - tick
     tick = time.perf_counter()
     writer.write(frame)

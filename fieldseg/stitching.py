@@ -35,7 +35,8 @@ class FieldBatch:
 
     Attributes:
         row_offset: the scene row of ``labels``' first row.
-        labels: (rows, width) int32: 0 none, k > 0 the k-th field of this batch.
+        labels: (rows, width) int32: 0 no field, k > 0 the k-th field of this batch, -1 a field
+            of another batch (handed over earlier, or not finished yet).
         score: (K,) float32: the instances' scores weighted by the pixels each gave the field.
         class_id: (K,) int64: the category of the instance that gave the most pixels.
         n_chips: (K,) int32: chips that saw the field (all linked instances).
@@ -321,7 +322,7 @@ class SceneStitcher:
             return None
         inst = self._instances
         field_roots, compact = np.unique(root_of[emit], return_inverse=True)
-        labels = np.zeros(owner.shape, np.int32)
+        labels = np.where(owner > 0, -1, 0).astype(np.int32)  # -1: a field of another batch
         labels[emit] = compact + 1
         n = len(field_roots)
         # pixels each instance gave its field

@@ -113,6 +113,31 @@ def test_outputs_in_every_format_hold_the_same_fields(scene: Scene, tmp_path: Pa
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
 
 
+def _shared_edges(frame: gpd.GeoDataFrame) -> dict[tuple[int, int], float]:
+    geometries = frame.geometry.values
+    a, b = shapely.STRtree(geometries).query(geometries, predicate="intersects")
+    a, b = a[a < b], b[a < b]
+    common = shapely.intersection(geometries[a], geometries[b])
+    ids = frame["field_id"].to_numpy()
+    return {(int(ids[i]), int(ids[j])): float(shapely.length(c)) + float(shapely.area(c)) * 1e9
+            for i, j, c in zip(a, b, common, strict=True)}  # fmt: skip
+
+
+def test_simplified_neighbours_keep_sharing_their_edges(scene: Scene, tmp_path: Path) -> None:
+    exact = _predict(scene, tmp_path / "exact.gpkg", chip_size=64, overlap=16)
+    simple = _predict(scene, tmp_path / "simple.gpkg", chip_size=64, overlap=16, simplify_m=20)
+    assert len(simple) == len(exact) and simple.geometry.is_valid.all()
+    vertices = shapely.get_num_coordinates(simple.geometry.values).sum()
+    assert vertices < 0.7 * shapely.get_num_coordinates(exact.geometry.values).sum()
+    shared_exact, shared_simple = _shared_edges(exact), _shared_edges(simple)
+    assert all(length < 1e6 for length in shared_simple.values())  # no overlap anywhere
+    edges = {pair for pair, length in shared_exact.items() if length >= 10}
+    assert all(shared_simple.get(pair, 0) > 0 for pair in edges)  # neighbours still share
+    assert simple["area_m2"].sum() == pytest.approx(exact["area_m2"].sum(), rel=0.01)
+    truth = gpd.read_file(scene.truth)
+    assert match_objects(simple.geometry.values, truth.geometry.values).f1 >= 0.99
+
+
 def test_existing_output_is_refused_and_a_failed_run_leaves_nothing(
     scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,7 +235,8 @@ def test_cli_help_lists_every_option() -> None:
     result = run("predict", "--help")
     assert result.exit_code == 0
     for option in ("--output", "--model", "--chip-size", "--overlap", "--batch-size",
-                   "--score-threshold", "--min-area-m2", "--extent", "--bbox", "--device",
+                   "--score-threshold", "--min-area-m2", "--simplify-m", "--extent", "--bbox",
+                   "--device",
                    "--overwrite", "--debug-layers"):  # fmt: skip
         assert option in result.output
 

@@ -53,6 +53,13 @@ from fieldseg.cli.options import overwrite_option
     help="Drop fields smaller than this [default: four pixels].",
 )
 @click.option(
+    "--simplify-m",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Simplify polygons by this tolerance in metres; neighbours keep sharing their edges.",
+)
+@click.option(
     "--extent",
     type=click.Path(path_type=Path),
     help="Vector file: predict only inside its polygons.",
@@ -86,6 +93,7 @@ def predict(
     batch_size: int,
     score_threshold: float,
     min_area_m2: float | None,
+    simplify_m: float,
     extent: Path | None,
     bbox: tuple[float, float, float, float] | None,
     device: str,
@@ -109,6 +117,7 @@ def predict(
         batch_size=batch_size,
         score_threshold=score_threshold,
         min_area_m2=min_area_m2,
+        simplify_m=simplify_m,
         extent=extent,
         bbox=bbox or None,
         device=device,
