@@ -134,6 +134,7 @@ def predict_scene(
         raise ConfigError("overlap must be at least 2 pixels: seams are joined where chips overlap")
     chosen = select_device(device)
     net = loaded.model.to(chosen).eval()
+    net.set_score_threshold(score_threshold)
     timings = dict.fromkeys(("read", "model", "resolve", "stitch", "trace", "write"), 0.0)
 
     with open_raster(scene) as src:

@@ -88,7 +88,7 @@ class OracleFieldModel(FieldModel):
         if self.noisy and len(present):
             masks = self._leak(masks, ids, present)
             scores = torch.from_numpy(self._rng.uniform(0.5, 1.0, len(present))).float()
-            edge = touches_edge(masks).numpy()
+            edge = touches_edge(masks).cpu().numpy()
             dropped = edge & (self._rng.random(len(present)) < self.drop_share)
             keep = torch.from_numpy(~dropped)
             masks, scores = masks[keep], scores[keep]

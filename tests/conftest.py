@@ -42,6 +42,11 @@ CHIP, OVERLAP = 128, 32
 CHIP_COLS = (0, 96, 172)
 CHIP_ROWS = (0, 96, 132)
 SPLIT_NAMES = ("train", "val", "test")
+#: The light CPU run config, and overrides that make its training steps cheap for tests.
+CPU_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_r18_cpu.yaml"
+FAST_TRAINING = ("training.batch_size=4", "model.rpn_post_nms_top_n_train=300",
+                 "model.box_batch_size_per_image=128", "model.rpn_pre_nms_top_n_test=300",
+                 "model.rpn_post_nms_top_n_test=200")  # fmt: skip
 #: tile_scenes' default sliver rule
 MIN_PIECE_PIXELS, MIN_PIECE_SHARE = 10, 0.02
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import CPU_CONFIG, FAST_TRAINING
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -20,10 +21,8 @@ from fieldseg.band_statistics import BandStatistics
 from fieldseg.distributed import DistContext, init_distributed
 from fieldseg.models.base import ChipPrediction, FieldModel
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_r18_cpu.yaml"
-FAST = ["training.batch_size=2", "model.rpn_post_nms_top_n_train=300",
-        "model.box_batch_size_per_image=128", "model.rpn_pre_nms_top_n_test=300",
-        "model.rpn_post_nms_top_n_test=200", "training.epochs=1"]  # fmt: skip
+CONFIG = CPU_CONFIG
+FAST = [*FAST_TRAINING, "training.batch_size=2", "training.epochs=1"]
 
 
 class ToyModel(FieldModel):

@@ -196,6 +196,18 @@ def test_chips_keep_their_size_whatever_the_training_chips() -> None:
     assert model.detector.transform.min_size == (192,) and model.detector.transform.max_size == 192
 
 
+def test_the_score_threshold_reaches_the_detector() -> None:
+    model = _light_model(box_score_thresh=0.0)
+    torch.manual_seed(1)
+    image = torch.rand((4, 64, 64)) * 3000
+    (everything,) = model.predict([image])
+    threshold = float(everything.scores.quantile(0.5))
+    model.set_score_threshold(threshold)
+    (kept,) = model.predict([image])
+    assert model.detector.roi_heads.score_thresh == threshold
+    assert 0 < len(kept) < len(everything) and kept.scores.min() > threshold
+
+
 def test_mobilenet_fpn_starts_at_stride_4() -> None:
     torch.manual_seed(0)
     config = MaskRCNNConfig(backbone="mobilenet_v3_large")

@@ -15,17 +15,14 @@ import geopandas as gpd
 import pytest
 import rasterio
 import shapely
-from conftest import assert_user_error, run
+from conftest import CPU_CONFIG, FAST_TRAINING, assert_user_error, run
 
 from fieldseg.synthetic import synth
 from fieldseg.tiling import tile_scenes
 from fieldseg.training import train
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_r18_cpu.yaml"
-FAST = ["training.batch_size=4", "model.rpn_post_nms_top_n_train=300",
-        "model.box_batch_size_per_image=128", "model.rpn_pre_nms_top_n_test=300",
-        "model.rpn_post_nms_top_n_test=200", "model.detections_per_chip=50",
-        "training.epochs=1"]  # fmt: skip
+CONFIG = CPU_CONFIG
+FAST = [*FAST_TRAINING, "model.detections_per_chip=50", "training.epochs=1"]
 AUSTRIA = (
     Path(__file__).resolve().parents[1].parent
     / "shared"

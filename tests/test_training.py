@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import assert_user_error, run
+from conftest import CPU_CONFIG, FAST_TRAINING, assert_user_error, run
 
 from fieldseg.checkpoint import load_checkpoint
 from fieldseg.chip_dataset import ChipDataset
@@ -18,10 +18,8 @@ from fieldseg.synthetic import synth
 from fieldseg.tiling import tile_scenes
 from fieldseg.training import TrainingError, select_device, train
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_r18_cpu.yaml"
-FAST = ["training.batch_size=4", "model.rpn_post_nms_top_n_train=300",
-        "model.box_batch_size_per_image=128", "model.rpn_pre_nms_top_n_test=300",
-        "model.rpn_post_nms_top_n_test=200"]  # fmt: skip
+CONFIG = CPU_CONFIG
+FAST = list(FAST_TRAINING)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,14 @@ overwrite_option: Callable[[F], F] = click.option(
     "--overwrite", is_flag=True, help="Replace the output if it exists (refused otherwise)."
 )
 
+device_option: Callable[[F], F] = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs; auto picks CUDA when present.",
+)
+
 seed_option: Callable[[F], F] = click.option(
     "--seed", type=int, default=0, show_default=True, help="Random seed; same seed, same output."
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fieldseg.cli.options import overwrite_option
+from fieldseg.cli.options import device_option, overwrite_option
 
 
 @click.command()
@@ -71,13 +71,7 @@ from fieldseg.cli.options import overwrite_option
     metavar="XMIN YMIN XMAX YMAX",
     help="Predict only inside this box (scene CRS).",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where to run the model; auto picks CUDA when present.",
-)
+@device_option
 @click.option(
     "--debug-layers",
     is_flag=True,

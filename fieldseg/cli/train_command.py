@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fieldseg.cli.options import overwrite_option
+from fieldseg.cli.options import device_option, overwrite_option
 
 
 @click.command()
@@ -32,13 +32,7 @@ from fieldseg.cli.options import overwrite_option
     type=click.FloatRange(min=0, min_open=True),
     help="Stop after this wall time (override training.max_minutes).",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where to train; auto picks CUDA when present.",
-)
+@device_option
 @click.option("--resume", is_flag=True, help="Continue the run in the output folder.")
 @click.option(
     "--pretrained",

@@ -119,6 +119,13 @@ class FieldModel(nn.Module, ABC):
     def predict(self, images: Sequence[torch.Tensor]) -> list[ChipPrediction]:
         """Instances in each raw chip."""
 
+    def set_score_threshold(self, score: float) -> None:
+        """Let the model drop instances scoring below ``score`` early.
+
+        The caller drops them anyway; a family may skip work for them (masks for boxes that
+        will not be kept, say). The default does nothing.
+        """
+
 
 def touches_edge(masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """(N,) True where a (N, H, W) mask reaches the first or last row or column."""

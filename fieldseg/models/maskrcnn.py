@@ -175,6 +175,10 @@ class MaskRCNNFieldModel(FieldModel):
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         self.detector.load_state_dict(fitting, strict=False)
 
+    def set_score_threshold(self, score: float) -> None:
+        """Masks are only computed for boxes scoring at least ``score`` (and box_score_thresh)."""
+        self.detector.roi_heads.score_thresh = max(self.config.box_score_thresh, score)
+
     def _size_transform(self, images: Sequence[torch.Tensor]) -> None:
         """Keep chips at their own size (times ``upsample``), whatever size they come in.
 
