@@ -144,8 +144,8 @@ def predict_scene(
         area_window, aoi = _prediction_area(info, extent, bbox)
         area_transform = rasterio.windows.transform(area_window, info.transform)
         height, width = int(area_window.height), int(area_window.width)
-        min_pixels_area = MIN_FIELD_PIXELS * abs(info.transform.a * info.transform.e)
-        min_area = min_pixels_area if min_area_m2 is None else min_area_m2
+        pixel_m2 = _pixel_area_m2(info)
+        min_area = MIN_FIELD_PIXELS * pixel_m2 if min_area_m2 is None else min_area_m2
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
         stitcher = SceneStitcher(height, width, overlap=overlap)
@@ -160,7 +160,7 @@ def predict_scene(
         n_skipped = 0
         bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip",
                        show=show_progress)  # fmt: skip
-        km2_per_chip = _chip_km2(info, chip_size, overlap)
+        km2_per_chip = (chip_size - overlap) ** 2 * pixel_m2 / 1e6
         with bar, FieldWriter(output, info.crs, overwrite=overwrite) as writer:
             for index, row in enumerate(rows):
                 tick = time.perf_counter()
@@ -196,7 +196,7 @@ def predict_scene(
             if debug_layers:
                 _write_debug_layers(writer, rows, cols, chip_size, area_transform, info)
     timings["total"] = time.perf_counter() - started
-    pixel_km2 = abs(info.transform.a * info.transform.e) / 1e6
+    pixel_km2 = pixel_m2 / 1e6
     return PredictSummary(
         output=Path(output),
         n_fields=writer.n_fields,
@@ -363,10 +363,18 @@ def _prediction_area(
     return window, aoi
 
 
-def _chip_km2(info: RasterInfo, chip_size: int, overlap: int) -> float:
-    """Ground area per chip step (for the progress bar)."""
-    stride = chip_size - overlap
-    return stride * stride * abs(info.transform.a * info.transform.e) / 1e6
+def _pixel_area_m2(info: RasterInfo) -> float:
+    """True area of the scene's centre pixel in m2 (the pixel size, also in a geographic CRS)."""
+    import shapely
+
+    from fieldseg.field_polygons import true_area_perimeter
+
+    col, row = info.width // 2, info.height // 2
+    x0, y0 = info.transform * (col, row)
+    x1, y1 = info.transform * (col + 1, row + 1)
+    pixel = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    area, _ = true_area_perimeter(np.asarray([pixel], dtype=object), info.crs)
+    return float(area[0])
 
 
 def _write_debug_layers(

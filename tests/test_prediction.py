@@ -205,6 +205,28 @@ def test_nodata_is_never_a_field(tmp_path: Path) -> None:
     assert len(near) > 0 and len(near) < len(fields)
 
 
+def test_a_scene_in_a_geographic_crs_gives_true_areas(scene: Scene, tmp_path: Path) -> None:
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(scene.ids) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, "EPSG:4326", src.width, src.height, *src.bounds
+        )
+        profile = {**src.profile, "crs": "EPSG:4326", "transform": transform, "width": width,
+                   "height": height}  # fmt: skip
+        with rasterio.open(tmp_path / "ids_4326.tif", "w", **profile) as dst:
+            reproject(rasterio.band(src, 1), rasterio.band(dst, 1), resampling=Resampling.nearest)
+    geographic = Scene(tmp_path)
+    geographic.ids = tmp_path / "ids_4326.tif"
+    fields = _predict(geographic, tmp_path / "fields.gpkg", chip_size=64, overlap=16,
+                      min_area_m2=None)  # fmt: skip
+    truth = gpd.read_file(scene.truth)
+    assert fields.crs.is_geographic
+    assert fields["area_m2"].sum() == pytest.approx(truth.geometry.area.sum(), rel=0.03)
+    assert fields["area_m2"].min() >= 4 * 100 * 0.9  # the default minimum: four ~10 m pixels
+    assert len(fields) == pytest.approx(len(truth), rel=0.05)
+
+
 def test_areas_are_true_metres_in_a_geographic_crs() -> None:
     square = shapely.box(500000, 5000000, 501000, 5001000)  # 1 km2 in UTM 33N
     geographic = gpd.GeoSeries([square], crs=32633).to_crs(4326).values
