@@ -475,6 +475,17 @@ def check_against_truth(
 # --------------------------------------------------------------------------------------------
 # running the command line
 # --------------------------------------------------------------------------------------------
+def make_tiny_dataset(root: Path, *, dates: int = 1) -> Path:
+    """A 192 px synthetic scene (4 bands per date) tiled into 64 px chips: ``root/dataset``."""
+    from fieldseg.synthetic import synth
+    from fieldseg.tiling import tile_scenes
+
+    synth(root / "scene.tif", root / "fields.gpkg", size=192, seed=3, bands=4, dates=dates)
+    tile_scenes([root / "scene.tif"], root / "fields.gpkg", root / "dataset", chip_size=64,
+                overlap=0, split="0.7,0.3,0", block_size=64, seed=1)  # fmt: skip
+    return root / "dataset"
+
+
 def run(*args: str | Path) -> Result:
     """Invoke ``fieldseg ARGS`` in-process."""
     return CliRunner().invoke(main, [str(a) for a in args])

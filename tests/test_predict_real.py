@@ -15,10 +15,8 @@ import geopandas as gpd
 import pytest
 import rasterio
 import shapely
-from conftest import CPU_CONFIG, FAST_TRAINING, assert_user_error, run
+from conftest import CPU_CONFIG, FAST_TRAINING, assert_user_error, make_tiny_dataset, run
 
-from fieldseg.synthetic import synth
-from fieldseg.tiling import tile_scenes
 from fieldseg.training import train
 
 CONFIG = CPU_CONFIG
@@ -35,10 +33,7 @@ AUSTRIA = (
 @pytest.fixture(scope="module")
 def eight_band_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("eight")
-    synth(root / "scene.tif", root / "fields.gpkg", size=192, seed=3, bands=4, dates=2)
-    tile_scenes([root / "scene.tif"], root / "fields.gpkg", root / "dataset", chip_size=64,
-                overlap=0, split="0.7,0.3,0", block_size=64, seed=1)  # fmt: skip
-    train(root / "dataset", CONFIG, root / "run", overrides=FAST)
+    train(make_tiny_dataset(root, dates=2), CONFIG, root / "run", overrides=FAST)
     return root
 
 

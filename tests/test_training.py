@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CPU_CONFIG, FAST_TRAINING, assert_user_error, run
+from conftest import CPU_CONFIG, FAST_TRAINING, assert_user_error, make_tiny_dataset, run
 
 from fieldseg.checkpoint import load_checkpoint
 from fieldseg.chip_dataset import ChipDataset
 from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
 from fieldseg.models.maskrcnn import MaskRCNNFieldModel
-from fieldseg.synthetic import synth
-from fieldseg.tiling import tile_scenes
 from fieldseg.training import TrainingError, select_device, train
 
 CONFIG = CPU_CONFIG
@@ -24,11 +22,7 @@ FAST = list(FAST_TRAINING)
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    synth(root / "scene.tif", root / "fields.gpkg", size=192, seed=3, bands=4, dates=1)
-    tile_scenes([root / "scene.tif"], root / "fields.gpkg", root / "dataset", chip_size=64,
-                overlap=0, split="0.7,0.3,0", block_size=64, seed=1)  # fmt: skip
-    return root / "dataset"
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.mark.slow
