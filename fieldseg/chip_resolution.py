@@ -10,8 +10,9 @@ detected twice. Before chips are stitched, each chip's instances are made disjoi
    from where another instance's claim begins, up to ``max_depth`` pixels; then to the more
    probable one, then the higher score. This undoes leakage: a mask that spills two pixels into
    its neighbour holds those pixels only at depth 1 or 2, while the neighbour holds them deeper.
-4. An instance left with almost none of its mask (a strip thinner than its neighbour's
-   leakage) takes back its innermost pixels: its detection says it exists, its depth where.
+4. An instance left with almost none of its near-tie claims (a strip thinner than its
+   neighbour's leakage) takes back its innermost ones: its detection says it exists, its
+   depth where. A detection clearly beaten everywhere (a weak one nested in a sure one) is not.
 5. Before all this, an instance whose mask nearly repeats a higher-scoring one's (IoU above
    ``duplicate_share``) is a duplicate detection and dropped; at the end, instances left with
    fewer than ``min_pixels`` pixels are dropped.
@@ -107,7 +108,8 @@ def resolve_chip(
     claims = claims.where(~_duplicates(claims, scores, duplicate_share)[claims.instance])
     depth = _depths(claims, n, height, width, max_depth)
     labels = _assign(claims, depth, scores, height * width, margin)
-    _protect_swallowed(labels, claims, depth, n)
+    near = _near_ties(claims, margin)  # a clearly beaten claim is no sign of being swallowed
+    _protect_swallowed(labels, claims.where(near), depth[near], n)
     kept_area = np.bincount(labels[labels > 0] - 1, minlength=n)
     labels[(labels > 0) & (kept_area < min_pixels)[np.maximum(labels - 1, 0)]] = 0
     kept_area = np.bincount(labels[labels > 0] - 1, minlength=n)
@@ -221,6 +223,13 @@ def _depths_of(
             break
         depth = updated
     return depth
+
+
+def _near_ties(claims: _Claims, margin: float) -> np.ndarray:
+    """Claims within ``margin`` of the strongest claim on their pixel (the contested ones)."""
+    strongest = np.zeros(int(claims.pixel.max()) + 1 if len(claims.pixel) else 0)
+    np.maximum.at(strongest, claims.pixel, claims.value)
+    return claims.value >= strongest[claims.pixel] - margin
 
 
 def _protect_swallowed(

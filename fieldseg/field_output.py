@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 import geopandas as gpd
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pyogrio
@@ -103,7 +104,7 @@ class FieldWriter:
         assert self._staging is not None and self._tmp is not None
         if not (self._staging.exists() and FIELDS_LAYER in _layers(self._staging)):
             frame = empty_fields(self.crs)
-            frame.insert(0, "field_id", [])
+            frame.insert(0, "field_id", pd.Series(dtype="int64"))
             self._append(frame, FIELDS_LAYER)
         if self.format == ".gpkg":
             if self.style:

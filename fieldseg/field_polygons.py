@@ -42,6 +42,7 @@ class FieldTracer:
             Edges between fields finished in different batches stay exact on both sides; a
             field is also kept off any earlier field where both were simplified into a
             background strip between them.
+        pixel_m: the pixel side in metres (default: the transform's, for a metric CRS).
     """
 
     def __init__(
@@ -53,13 +54,15 @@ class FieldTracer:
         model: str,
         min_area_m2: float = 0.0,
         simplify_m: float = 0.0,
+        pixel_m: float | None = None,
     ) -> None:
         self.transform = transform
         self.crs = crs
         self.categories = np.asarray(list(categories) or ["field"], dtype=object)
         self.model = model
         self.min_area_m2 = min_area_m2
-        self.simplify_px = simplify_m / abs(transform.a) if simplify_m > 0 else 0.0
+        pixel_m = pixel_m or abs(transform.a)
+        self.simplify_px = simplify_m / pixel_m if simplify_m > 0 else 0.0
         self._recent = np.zeros(0, dtype=object)  # simplified fields near the moving window
         self._recent_bottom = np.zeros(0)  # their lowest pixel row
 

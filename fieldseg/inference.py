@@ -40,6 +40,7 @@ from fieldseg.raster_io import (
     RasterInfo,
     chip_valid_mask,
     default_band_names,
+    nodata_mask,
     open_raster,
     raster_info,
     read_window,
@@ -140,11 +141,11 @@ def predict_scene(
     with open_raster(scene) as src:
         info = raster_info(src)
         _check_bands(info, net)
-        _warn_if_statistics_differ(src, info, net)
         area_window, aoi = _prediction_area(info, extent, bbox)
+        _warn_if_statistics_differ(src, info, net, area_window)
         area_transform = rasterio.windows.transform(area_window, info.transform)
         height, width = int(area_window.height), int(area_window.width)
-        pixel_m2 = _pixel_area_m2(info)
+        pixel_m2 = _pixel_area_m2(info, area_window)
         min_area = MIN_FIELD_PIXELS * pixel_m2 if min_area_m2 is None else min_area_m2
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
@@ -156,6 +157,7 @@ def predict_scene(
             model=loaded.name,
             min_area_m2=min_area,
             simplify_m=simplify_m,
+            pixel_m=math.sqrt(pixel_m2),
         )
         n_skipped = 0
         bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip",
@@ -182,14 +184,17 @@ def predict_scene(
                 for col in cols:
                     image = _pad(strip[:, :, col : col + chip_size], chip_size, info.nodata)
                     valid = _pad(strip_valid[None, :, col : col + chip_size], chip_size, False)[0]
-                    chips.append((col, image, valid))
+                    # nodata, padding and pixels outside the AOI reach the model as NaN, which
+                    # every model treats as missing, whatever nodata value it was trained with
+                    image = np.where(valid, image.astype(np.float32, copy=False), np.nan)
+                    chips.append((col, image.astype(np.float32, copy=False), valid))
                 n_skipped += _run_row(net, chips, row, stitcher, chosen, batch_size,
                                       score_threshold, timings)  # fmt: skip
                 bar.update(len(cols))
                 bar.set_postfix(km2=f"{bar.n * km2_per_chip:.1f}", fields=writer.n_fields)
-                below = rows[index + 1] if index + 1 < len(rows) else height + 1
                 tick = time.perf_counter()
-                batch = stitcher.close_rows(below)
+                last = index + 1 == len(rows)
+                batch = stitcher.finish() if last else stitcher.close_rows(rows[index + 1])
                 timings["stitch"] += time.perf_counter() - tick
                 if batch is not None:
                     _write_batch(batch, writer, tracer, timings)
@@ -309,19 +314,22 @@ def _check_bands(info: RasterInfo, model: FieldModel) -> None:
 
 
 def _warn_if_statistics_differ(
-    src: rasterio.DatasetReader, info: RasterInfo, model: FieldModel
+    src: rasterio.DatasetReader, info: RasterInfo, model: FieldModel, window: Window
 ) -> None:
     """Warn when a band's median lies far outside the range the model was trained on."""
-    scale = max(1, math.ceil(max(info.width, info.height) / 512))
-    sample = src.read(
-        out_shape=(info.count, max(1, info.height // scale), max(1, info.width // scale))
-    )
+    scale = max(1, math.ceil(max(window.width, window.height) / 512))
+    shape = (info.count, max(1, int(window.height) // scale), max(1, int(window.width) // scale))
+    try:
+        sample = src.read(window=window, out_shape=shape)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputFileError(f"cannot read {info.path}: {exc}") from exc
+    missing = nodata_mask(sample, info.nodata)
     low = model.normaliser.low.flatten().tolist()
     high = model.normaliser.high.flatten().tolist()
     far = []
     for band, values in enumerate(sample):
         data = values.astype(np.float64)
-        keep = np.isfinite(data) & ((data != info.nodata) if info.nodata is not None else True)
+        keep = ~missing
         if not keep.any():
             continue
         median = float(np.median(data[keep]))
@@ -352,7 +360,12 @@ def _prediction_area(
         bounds = tuple(bbox)
     else:
         return full, None
-    window = from_bounds(*bounds, transform=info.transform).round_offsets().round_lengths()
+    # every pixel whose centre may lie inside: floor the start, ceil the end
+    raw = from_bounds(*bounds, transform=info.transform)
+    col0, row0 = math.floor(raw.col_off), math.floor(raw.row_off)
+    col1 = math.ceil(raw.col_off + raw.width)
+    row1 = math.ceil(raw.row_off + raw.height)
+    window = Window(col0, row0, col1 - col0, row1 - row0)
     try:
         window = window.intersection(full)
     except rasterio.errors.WindowError:
@@ -363,13 +376,14 @@ def _prediction_area(
     return window, aoi
 
 
-def _pixel_area_m2(info: RasterInfo) -> float:
-    """True area of the scene's centre pixel in m2 (the pixel size, also in a geographic CRS)."""
+def _pixel_area_m2(info: RasterInfo, window: Window) -> float:
+    """True area in m2 of the centre pixel of ``window`` (also in a geographic CRS)."""
     import shapely
 
     from fieldseg.field_polygons import true_area_perimeter
 
-    col, row = info.width // 2, info.height // 2
+    col = int(window.col_off + window.width // 2)
+    row = int(window.row_off + window.height // 2)
     x0, y0 = info.transform * (col, row)
     x1, y1 = info.transform * (col + 1, row + 1)
     pixel = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))

@@ -14,8 +14,9 @@ stitched in a strip of the scene that moves down with them:
   nearly nothing at the edge), and whether the chip edge cuts the instance (``cut_penalty``).
   The strongest vote wins the pixel; on a tie the earlier chip keeps it.
 * **Fields.** A field is a set of linked instances, with the pixels they won. Once no later chip
-  can reach it, it is handed over as a :class:`FieldBatch` and forgotten, so memory stays flat
-  however large the scene.
+  can reach it, it is handed over as a :class:`FieldBatch` and its pixels are forgotten, so the
+  pixel buffers stay the size of a strip however tall the scene (a few dozen bytes of
+  bookkeeping per instance remain).
 
 The rule is also written down in docs/formats.md ("Stitching").
 """

@@ -80,6 +80,12 @@ def test_a_clearly_more_probable_mask_wins_over_depth() -> None:
     assert np.allclose(chip.probability[chip.labels == 1], 0.95)
 
 
+def test_a_weak_detection_nested_in_a_sure_one_is_not_a_field() -> None:
+    sure, weak = _box(2, 30, 2, 30, 0.99), _box(8, 24, 8, 24, 0.6)  # IoU 0.33: no duplicate
+    chip = resolve_chip(_prediction([sure, weak], [0.9, 0.8]), ALL_VALID)
+    assert len(chip) == 1 and np.array_equal(chip.labels == 1, sure > 0)
+
+
 def test_duplicates_are_dropped_and_thresholds_apply() -> None:
     field = _box(4, 14, 4, 14)
     shifted = _box(4, 14, 5, 14)  # IoU 0.9 with field: the same field detected twice

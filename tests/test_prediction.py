@@ -179,6 +179,16 @@ def test_bbox_extent_and_debug_layers(scene: Scene, tmp_path: Path) -> None:
     assert inside.geometry.within(aoi.buffer(7.1)).all()  # pixel centres inside the AOI
 
 
+def test_a_bbox_takes_every_pixel_whose_centre_may_lie_inside(scene: Scene) -> None:
+    from fieldseg.inference import _prediction_area
+    from fieldseg.raster_io import read_raster_info
+
+    info = read_raster_info(scene.ids)
+    left, top = info.transform.c, info.transform.f
+    window, _ = _prediction_area(info, None, (left + 4, top - 106, left + 106, top - 4))
+    assert (window.col_off, window.row_off, window.width, window.height) == (0, 0, 11, 11)
+
+
 def test_nodata_is_never_a_field(tmp_path: Path) -> None:
     synth(tmp_path / "scene.tif", tmp_path / "truth.gpkg", size=256, seed=5, bands=4, dates=1,
           nodata_border=True)  # fmt: skip
