@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from fieldseg.devices import select_device
 from fieldseg.synthetic import synth
 from fieldseg.tiling import tile_scenes
-from fieldseg.training import select_device, train
+from fieldseg.training import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: family -> its CPU config

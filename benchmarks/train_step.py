@@ -18,11 +18,11 @@ import torch
 
 from fieldseg.chip_dataset import ChipDataset, collate_chips
 from fieldseg.dataset_description import DatasetDescription
+from fieldseg.devices import select_device
 from fieldseg.models import ModelSpec, build_model, model_config
 from fieldseg.run_config import load_run_config
 from fieldseg.synthetic import synth
 from fieldseg.tiling import tile_scenes
-from fieldseg.training import select_device
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

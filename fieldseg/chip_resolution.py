@@ -107,8 +107,8 @@ def resolve_chip(
     n = len(scores)
     claims = claims.where(~_duplicates(claims, scores, duplicate_share)[claims.instance])
     depth = _depths(claims, n, height, width, max_depth)
-    labels = _assign(claims, depth, scores, height * width, margin)
-    near = _near_ties(claims, margin)  # a clearly beaten claim is no sign of being swallowed
+    labels, near = _assign(claims, depth, scores, height * width, margin)
+    # a clearly beaten claim is no sign of being swallowed: only near ties count there
     _protect_swallowed(labels, claims.where(near), depth[near], n)
     kept_area = np.bincount(labels[labels > 0] - 1, minlength=n)
     labels[(labels > 0) & (kept_area < min_pixels)[np.maximum(labels - 1, 0)]] = 0
@@ -225,13 +225,6 @@ def _depths_of(
     return depth
 
 
-def _near_ties(claims: _Claims, margin: float) -> np.ndarray:
-    """Claims within ``margin`` of the strongest claim on their pixel (the contested ones)."""
-    strongest = np.zeros(int(claims.pixel.max()) + 1 if len(claims.pixel) else 0)
-    np.maximum.at(strongest, claims.pixel, claims.value)
-    return claims.value >= strongest[claims.pixel] - margin
-
-
 def _protect_swallowed(
     labels: np.ndarray, claims: _Claims, depth: np.ndarray, n: int, share: float = 0.25
 ) -> None:
@@ -261,11 +254,16 @@ def _protect_swallowed(
 
 def _assign(
     claims: _Claims, depth: np.ndarray, scores: np.ndarray, n_pixels: int, margin: float
-) -> np.ndarray:
-    """(n_pixels,) int64 labels, instance + 1 (0 background), by the claim rule."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels by the claim rule, and which claims are near ties.
+
+    Returns:
+        (n_pixels,) int64 labels, instance + 1 (0 background); and per claim (in the order
+        given) whether it lies within ``margin`` of the strongest claim on its pixel.
+    """
     labels = np.zeros(n_pixels, np.int64)
     if len(claims.pixel) == 0:
-        return labels
+        return labels, np.zeros(0, bool)
     rank = claims.value + 1e-6 * scores[claims.instance]  # the score breaks exact ties
     order = np.lexsort((-rank, claims.pixel))  # by pixel, strongest claim first
     pixel, rank = claims.pixel[order], rank[order]
@@ -278,4 +276,6 @@ def _assign(
     best = np.lexsort((-rank, -np.where(near, depth, -1), group))
     winners = best[np.r_[True, group[best][1:] != group[best][:-1]]]
     labels[pixel[winners]] = label[winners]
-    return labels
+    near_in_given_order = np.empty_like(near)
+    near_in_given_order[order] = near
+    return labels, near_in_given_order

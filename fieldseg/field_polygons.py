@@ -99,22 +99,18 @@ class FieldTracer:
         """Pieces of the batch's fields in area pixel coordinates, and their field index."""
         shift = Affine.translation(0, batch.row_offset)
         labels = batch.labels
-        if not self.simplify_px:
-            traced = features.shapes(labels, mask=labels > 0, connectivity=4, transform=shift)
-            pairs = [(shapely.geometry.shape(g), int(v) - 1) for g, v in traced]
-            return _unzip(pairs)
-        # the batch's fields and the land between them, as one coverage; fields of other
-        # batches (-1) are left out, so edges against them are the coverage's fixed boundary
-        traced = features.shapes(labels, mask=labels >= 0, connectivity=4, transform=shift)
+        # simplified, the batch's fields and the land between them are one coverage; fields
+        # of other batches (-1) are left out, so edges against them are its fixed boundary
+        mask = labels >= 0 if self.simplify_px else labels > 0
+        traced = features.shapes(labels, mask=mask, connectivity=4, transform=shift)
         polygons, values = _unzip([(shapely.geometry.shape(g), int(v) - 1) for g, v in traced])
-        if len(polygons) == 0:
-            return polygons, values
-        noded = shapely.transform(shapely.segmentize(polygons, 1.0), np.rint)  # every corner
-        simple = shapely.coverage_simplify(noded, self.simplify_px, simplify_boundary=False)
-        simple = np.where(shapely.is_valid(simple) & ~shapely.is_empty(simple), simple, polygons)
-        simple = shapely.simplify(simple, 0.0)  # drop the straight-edge corners again
+        if self.simplify_px and len(polygons):
+            noded = shapely.transform(shapely.segmentize(polygons, 1.0), np.rint)  # all corners
+            simple = shapely.coverage_simplify(noded, self.simplify_px, simplify_boundary=False)
+            valid = shapely.is_valid(simple) & ~shapely.is_empty(simple)
+            polygons = shapely.simplify(np.where(valid, simple, polygons), 0.0)  # straight runs
         fields = values >= 0
-        return np.asarray(simple, dtype=object)[fields], values[fields]
+        return np.asarray(polygons, dtype=object)[fields], values[fields]
 
     def _off_earlier_fields(self, polygons: np.ndarray, top: int) -> np.ndarray:
         """Cut away what simplification moved onto fields handed over before."""

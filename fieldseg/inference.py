@@ -186,8 +186,8 @@ def predict_scene(
                     valid = _pad(strip_valid[None, :, col : col + chip_size], chip_size, False)[0]
                     # nodata, padding and pixels outside the AOI reach the model as NaN, which
                     # every model treats as missing, whatever nodata value it was trained with
-                    image = np.where(valid, image.astype(np.float32, copy=False), np.nan)
-                    chips.append((col, image.astype(np.float32, copy=False), valid))
+                    image = np.where(valid, image, np.float32(np.nan)).astype(np.float32)
+                    chips.append((col, image, valid))
                 n_skipped += _run_row(net, chips, row, stitcher, chosen, batch_size,
                                       score_threshold, timings)  # fmt: skip
                 bar.update(len(cols))
@@ -247,7 +247,7 @@ def _run_row(
 
 
 def _to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(image.astype(np.float32, copy=False))
+    tensor = torch.from_numpy(image)  # float32 already
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor

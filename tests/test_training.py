@@ -12,9 +12,10 @@ from conftest import CPU_CONFIG, FAST_TRAINING, assert_user_error, make_tiny_dat
 
 from fieldseg.checkpoint import load_checkpoint
 from fieldseg.chip_dataset import ChipDataset
+from fieldseg.devices import select_device
 from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
 from fieldseg.models.maskrcnn import MaskRCNNFieldModel
-from fieldseg.training import TrainingError, select_device, train
+from fieldseg.training import TrainingError, train
 
 CONFIG = CPU_CONFIG
 FAST = list(FAST_TRAINING)
