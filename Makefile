@@ -7,6 +7,8 @@ FIELDSEG := $(VENV)/bin/fieldseg
 DEMO_DIR ?= demo-output
 DEMO_SEED ?= 7
 DEMO_TEST_SEED ?= 8
+DEMO_MINUTES ?= 6
+DEMO_CONFIG ?= configs/maskrcnn_r18_cpu.yaml
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-fast lint demo bench clean
@@ -29,23 +31,30 @@ test: lint
 test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The whole loop on generated data: a training scene and a separate test scene at synth's
+# default difficulty (seeds pinned), tile, train within DEMO_MINUTES, predict the test scene,
+# evaluate it against its truth, print the figures.
 demo: venv
 	rm -rf $(DEMO_DIR)
 	mkdir -p $(DEMO_DIR)
 	$(FIELDSEG) synth -o $(DEMO_DIR)/train_scene.tif --fields $(DEMO_DIR)/train_fields.gpkg \
 		--size 1024 --seed $(DEMO_SEED)
+	$(FIELDSEG) synth -o $(DEMO_DIR)/test_scene.tif --fields $(DEMO_DIR)/test_fields.gpkg \
+		--size 1024 --seed $(DEMO_TEST_SEED)
 	$(FIELDSEG) tile $(DEMO_DIR)/train_scene.tif --labels $(DEMO_DIR)/train_fields.gpkg \
 		-o $(DEMO_DIR)/dataset --chip-size 128 --overlap 32 --seed $(DEMO_SEED)
-	$(FIELDSEG) train $(DEMO_DIR)/dataset -c configs/maskrcnn_r18_cpu.yaml -o $(DEMO_DIR)/run \
-		--epochs 2 --max-minutes 2 --set training.seed=$(DEMO_SEED)
-	$(FIELDSEG) synth -o $(DEMO_DIR)/test_scene.tif --fields $(DEMO_DIR)/test_fields.gpkg \
-		--size 512 --seed $(DEMO_TEST_SEED)
+	$(FIELDSEG) train $(DEMO_DIR)/dataset -c $(DEMO_CONFIG) -o $(DEMO_DIR)/run \
+		--epochs 1000 --max-minutes $(DEMO_MINUTES) --set training.seed=$(DEMO_SEED)
+	cp $(DEMO_DIR)/run/training_curves.png $(DEMO_DIR)/training_curves.png
 	$(FIELDSEG) predict $(DEMO_DIR)/test_scene.tif -m $(DEMO_DIR)/run \
 		-o $(DEMO_DIR)/fields.gpkg --chip-size 256 --overlap 64
-	@echo "demo: dataset in $(DEMO_DIR)/dataset, model and training curves in $(DEMO_DIR)/run, predicted fields of the test scene in $(DEMO_DIR)/fields.gpkg (evaluate arrives with a later issue)"
+	$(FIELDSEG) evaluate $(DEMO_DIR)/fields.gpkg $(DEMO_DIR)/test_fields.gpkg \
+		-o $(DEMO_DIR)/report.json --plot $(DEMO_DIR)/errors.png --errors $(DEMO_DIR)/errors.gpkg
+	@echo "demo: predicted fields $(DEMO_DIR)/fields.gpkg, report $(DEMO_DIR)/report.json, map $(DEMO_DIR)/errors.png, training curves $(DEMO_DIR)/training_curves.png"
 
 bench: venv
 	$(PY) benchmarks/tile.py
+	$(PY) benchmarks/evaluate.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

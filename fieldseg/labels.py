@@ -94,7 +94,7 @@ def load_field_labels(
     n_read = len(frame)
     if n_read == 0:
         raise InputFileError(f"{path} holds no features")
-    _check_coordinates_fit_crs(frame, path)
+    check_coordinates_fit_crs(frame, path)
     for option, column in (("--class-column", class_column), ("--split-column", split_column)):
         if column is not None and column not in frame.columns:
             available = ", ".join(c for c in frame.columns if c != frame.geometry.name)
@@ -109,7 +109,7 @@ def load_field_labels(
     repaired[invalid] = shapely.make_valid(geometries[invalid])
     polygonal = np.empty(n_read, dtype=object)
     polygonal[:] = [
-        _polygonal_part(g) if ok else None for g, ok in zip(repaired, present, strict=True)
+        polygonal_part(g) if ok else None for g, ok in zip(repaired, present, strict=True)
     ]
     keep = np.array(
         [g is not None and not g.is_empty and g.area > 0 for g in polygonal], dtype=bool
@@ -192,7 +192,7 @@ def resolve_overlaps(fields: gpd.GeoDataFrame, *, min_overlap_share: float = 1e-
         cut_from[int(larger)].append(int(smaller))
     for larger, smaller in cut_from.items():
         rest = shapely.difference(geometries[larger], shapely.union_all(geometries[smaller]))
-        geometries[larger] = _polygonal_part(rest) or shapely.Polygon()
+        geometries[larger] = polygonal_part(rest) or shapely.Polygon()
     fields.geometry = gpd.GeoSeries(geometries, index=fields.index, crs=fields.crs)
     return int(real.sum())
 
@@ -202,12 +202,12 @@ def to_crs_valid(fields: gpd.GeoDataFrame, crs: object) -> gpd.GeoDataFrame:
     out = fields.to_crs(crs)
     invalid = ~out.geometry.is_valid
     if invalid.any():
-        fixed = [_polygonal_part(shapely.make_valid(g)) for g in out.geometry[invalid]]
+        fixed = [polygonal_part(shapely.make_valid(g)) for g in out.geometry[invalid]]
         out.loc[invalid, "geometry"] = [g if g is not None else shapely.Polygon() for g in fixed]
     return out[~out.geometry.is_empty]
 
 
-def _check_coordinates_fit_crs(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> None:
+def check_coordinates_fit_crs(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> None:
     """Refuse projected coordinates under a geographic CRS (e.g. a CRS-less GeoJSON in metres).
 
     GDAL reads a GeoJSON without a CRS as EPSG:4326, so metres would silently become degrees
@@ -224,7 +224,7 @@ def _check_coordinates_fit_crs(frame: gpd.GeoDataFrame, path: str | os.PathLike[
         )
 
 
-def _polygonal_part(geometry: BaseGeometry | None) -> BaseGeometry | None:
+def polygonal_part(geometry: BaseGeometry | None) -> BaseGeometry | None:
     """The polygons of a geometry (dropping points and lines a repair may leave), or None."""
     if geometry is None or geometry.is_empty:
         return None

@@ -229,6 +229,65 @@ def seams_style(*, color: RGBA = (227, 26, 28, 255), width_mm: float = 0.3) -> L
     return LayerStyle(qml=_qml_document(renderer, "line"), geometry_type="line")
 
 
+def categorized_style(
+    attribute: str,
+    categories: Sequence[tuple[str, str, RGBA]],
+    *,
+    outline_width_mm: float = 0.4,
+    display_expression: str = "field_id",
+) -> LayerStyle:
+    """Categorised polygon style: one translucent fill per value of ``attribute``.
+
+    Args:
+        attribute: the column whose values pick the symbol.
+        categories: ``(value, label, rgba)`` per category; the fill takes the colour's alpha,
+            the outline the opaque colour.
+        outline_width_mm: outline width.
+        display_expression: column shown as the feature's title in QGIS.
+
+    Raises:
+        ConfigError: no categories, or a value given twice.
+    """
+    values = [value for value, _, _ in categories]
+    if not values or len(set(values)) != len(values):
+        raise ConfigError(f"categories need distinct values, got {values}")
+    renderer = ET.Element(
+        "renderer-v2", {"type": "categorizedSymbol", "attr": attribute, **_RENDERER_FLAGS}
+    )
+    listed = ET.SubElement(renderer, "categories")
+    symbols = ET.SubElement(renderer, "symbols")
+    for i, (value, label, color) in enumerate(categories):
+        ET.SubElement(
+            listed,
+            "category",
+            {
+                "value": value,
+                "symbol": str(i),
+                "label": label,
+                "render": "true",
+                "type": "string",
+                "uuid": f"{attribute}_{i}",
+            },
+        )
+        _add_symbol(
+            symbols,
+            str(i),
+            "fill",
+            "SimpleFill",
+            _fill_props(tuple(color[:3]), color[3], outline_width_mm),  # type: ignore[arg-type]
+        )
+    source = ET.SubElement(renderer, "source-symbol")
+    _add_symbol(
+        source, "0", "fill", "SimpleFill", _fill_props((128, 128, 128), 90, outline_width_mm)
+    )
+    _add_empty_renderer_tail(renderer)
+    return LayerStyle(
+        qml=_qml_document(renderer, "polygon", display_expression=_column_ref(display_expression)),
+        geometry_type="polygon",
+        description=f"fieldseg style by {attribute}",
+    )
+
+
 def default_styles(layers: Iterable[str]) -> dict[str, LayerStyle]:
     """The default style of each of ``layers`` that fieldseg writes (others are skipped)."""
     builders = {FIELDS_LAYER: fields_style, CHIPS_LAYER: chips_style, SEAMS_LAYER: seams_style}

@@ -6,6 +6,7 @@ are reported the same way everywhere; writes are atomic (see :mod:`fieldseg.atom
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from pyproj import CRS as ProjCRS
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, CRSError, InputFileError, first_line
+
+logger = logging.getLogger(__name__)
 
 #: Output formats by file extension, with the OGR driver used to write them.
 VECTOR_DRIVERS: dict[str, str] = {
@@ -40,7 +43,7 @@ def read_vector(
         if path.suffix.lower() in (".parquet", ".geoparquet"):
             frame = gpd.read_parquet(path)
         else:
-            frame = gpd.read_file(path, layer=layer, engine="pyogrio")
+            frame = gpd.read_file(path, layer=layer or _feature_layer(path), engine="pyogrio")
     except Exception as exc:  # pyogrio, pyarrow and fiona raise many unrelated types
         raise InputFileError(f"cannot read vector file {path}: {first_line(exc)}") from exc
     if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry is None:
@@ -50,6 +53,26 @@ def read_vector(
             f"vector file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 ...)"
         )
     return frame
+
+
+def _feature_layer(path: Path) -> str | None:
+    """The layer to read from a file with several: its only feature layer, else ``fields``.
+
+    A fieldseg GeoPackage also holds the ``layer_styles`` table (and ``--debug-layers`` adds
+    ``chips`` and ``seams``); the fields are what a user means. Other files with several
+    feature layers give their first, with a note naming the others.
+    """
+    import pyogrio
+
+    layers = pyogrio.list_layers(path)
+    features = [str(name) for name, geometry in layers if geometry is not None]
+    if len(layers) <= 1 or not features:
+        return None
+    if len(features) > 1 and "fields" in features:
+        return "fields"
+    if len(features) > 1:
+        logger.info("%s holds layers %s; reading %s", path, ", ".join(features), features[0])
+    return features[0]
 
 
 def read_area_of_interest(path: str | os.PathLike[str], crs: ProjCRS | str | object) -> object:

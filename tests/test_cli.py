@@ -40,7 +40,7 @@ TILE = ["--chip-size", str(CHIP), "--overlap", str(OVERLAP)]
 def test_main_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("synth", "stack", "tile"):
+    for command in ("synth", "stack", "tile", "train", "predict", "evaluate"):
         assert command in result.output
     for option in ("--version", "--verbose", "--quiet", "--help"):
         assert option in result.output
@@ -77,6 +77,22 @@ def test_version() -> None:
         ),
         ("stack", ["--output", "--band-names", "--overwrite"]),
         ("synth", ["--fields", "--size", "--seed", "--bands", "--dates", "--clouds"]),
+        (
+            "evaluate",
+            [
+                "--label-extent",
+                "--sparse",
+                "--output",
+                "--plot",
+                "--errors",
+                "--iou-threshold",
+                "--pixel-size",
+                "--boundary-tolerance",
+                "--ap-tile",
+                "--no-mask-ap",
+                "--overwrite",
+            ],
+        ),
     ],
 )
 def test_command_help(command: str, options: list[str]) -> None:

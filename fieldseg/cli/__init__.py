@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from fieldseg import __version__
+from fieldseg.cli.evaluate_command import evaluate
 from fieldseg.cli.predict_command import predict
 from fieldseg.cli.stack_command import stack
 from fieldseg.cli.synth_command import synth
@@ -58,7 +59,8 @@ def main(verbose: int, quiet: bool) -> None:
     """Find every agricultural field in satellite imagery as its own polygon.
 
     Typical order: `stack` band files into one scene, `tile` labelled scenes into a training
-    set, `train` a model on it, `predict` the fields of a scene; `synth` makes a labelled
+    set, `train` a model on it, `predict` the fields of a scene, `evaluate` them against
+    truth polygons; `synth` makes a labelled
     synthetic scene for trying things out. Run `fieldseg COMMAND --help` for each command's options.
     """
     from fieldseg.progress import set_progress_enabled
@@ -72,5 +74,6 @@ main.add_command(stack)
 main.add_command(tile)
 main.add_command(train)
 main.add_command(predict)
+main.add_command(evaluate)
 
 __all__ = ["main"]

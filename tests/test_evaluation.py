@@ -1,0 +1,337 @@
+"""fieldseg.evaluation and `fieldseg evaluate`: hand-made cases whose answers are known."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from shapely.geometry import box
+
+from fieldseg.cli import main
+from fieldseg.errors import ConfigError
+from fieldseg.evaluation import EvaluationSettings, evaluate_fields, evaluate_files
+from fieldseg.evaluation_report import write_error_layers
+
+CRS = "EPSG:32633"
+X0, Y0 = 500_000.0, 5_000_000.0
+FAST = EvaluationSettings(mask_ap=False, pixel_metrics=False)
+
+
+def square(
+    col: float, row: float, side: float = 100.0, height: float | None = None
+) -> shapely.Polygon:
+    """A field at (col, row) metres from the origin, ``side`` wide (100 m: one hectare)."""
+    return box(X0 + col, Y0 + row, X0 + col + side, Y0 + row + (height or side))
+
+
+def frame(
+    geometries: list[shapely.Geometry], crs: str = CRS, **columns: object
+) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(dict(columns), geometry=geometries, crs=crs)
+
+
+def grid_fields(n: int = 3, side: float = 100.0) -> list[shapely.Polygon]:
+    """n x n touching fields."""
+    return [square(i * side, j * side, side) for i in range(n) for j in range(n)]
+
+
+def test_identical_sets_give_every_figure_one() -> None:
+    fields = [*grid_fields(3), square(400, 0, 300)]  # nine 1 ha fields and one 9 ha field
+    truth = frame(fields)
+    predicted = frame(fields, score=np.linspace(0.6, 0.9, len(fields)))
+    result = evaluate_fields(predicted, truth).report
+    obj = result["object"]
+    assert (obj["tp"], obj["fp"], obj["fn"]) == (10, 0, 0)
+    assert obj["precision"] == obj["recall"] == obj["f1"] == obj["mean_f1"] == 1.0
+    assert obj["n_split_truth"] == obj["n_merged_truth"] == 0
+    pixel = result["pixel"]
+    for key in ("pixel_iou", "pixel_precision", "pixel_recall", "boundary_precision"):
+        assert pixel[key] == pytest.approx(1.0), key
+    assert pixel["boundary_f1"] == pytest.approx(1.0)
+    assert result["mask_ap"]["ap"] == pytest.approx(1.0)
+    assert result["by_size"]["1-5 ha"]["n_truth"] == 9
+    assert result["by_size"][">5 ha"]["n_truth"] == 1
+    assert result["by_size"]["<1 ha"]["recall"] is None  # no field of that size
+
+
+def test_one_prediction_over_two_adjacent_truth_squares_is_one_merge() -> None:
+    truth = frame([square(0, 0), square(100, 0), square(400, 400)])
+    predicted = frame([square(0, 0, 200, 100), square(400, 400)])
+    evaluation = evaluate_fields(predicted, truth, settings=FAST)
+    obj = evaluation.report["object"]
+    assert obj["n_merged_predictions"] == 1
+    assert obj["n_merged_truth"] == 2
+    assert obj["merged_rate"] == pytest.approx(2 / 3)
+    assert (obj["tp"], obj["fp"], obj["fn"]) == (1, 1, 2)  # IoU of the blob with each is 0.5
+    assert list(evaluation.truth["error"]) == ["merged", "merged", "tp"]
+    assert list(evaluation.predicted["error"]) == ["merged", "tp"]
+
+
+def test_a_truth_field_cut_in_two_is_one_split() -> None:
+    truth = frame([square(0, 0, 200), square(400, 0)])
+    predicted = frame([square(0, 0, 100, 200), square(100, 0, 100, 200), square(400, 0)])
+    evaluation = evaluate_fields(predicted, truth, settings=FAST)
+    obj = evaluation.report["object"]
+    assert obj["n_split_truth"] == 1
+    assert obj["split_rate"] == pytest.approx(0.5)
+    assert obj["n_merged_truth"] == 0
+    assert list(evaluation.truth["error"]) == ["split", "tp"]
+    assert list(evaluation.predicted["error"]) == ["split", "split", "tp"]
+
+
+def test_iou_of_exactly_one_half_does_not_match() -> None:
+    truth = frame([square(0, 0, 100)])
+    predicted = frame([square(0, 0, 100, 50)])  # half of it: IoU 0.5 exactly
+    evaluation = evaluate_fields(predicted, truth, settings=FAST)
+    obj = evaluation.report["object"]
+    assert (obj["tp"], obj["fp"], obj["fn"]) == (0, 1, 1)
+    assert evaluation.truth["iou"].iloc[0] == pytest.approx(0.5)
+    assert evaluation.truth["matched_id"].isna().all()
+
+
+def test_matched_ids_and_iou_refer_to_the_other_set() -> None:
+    truth = frame([square(0, 0), square(200, 0)], field_id=np.array([11, 12]))
+    predicted = frame([square(200, 10, 100, 90)], field_id=np.array([7]))
+    evaluation = evaluate_fields(predicted, truth, settings=FAST)
+    assert list(evaluation.truth["matched_id"].astype("float").fillna(-1)) == [-1, 7]
+    assert evaluation.predicted["matched_id"].iloc[0] == 12
+    assert evaluation.predicted["iou"].iloc[0] == pytest.approx(0.9)
+
+
+def test_figures_by_size_bin_the_truth_by_its_size_and_predictions_by_theirs() -> None:
+    small = [square(0, 0, 50), square(100, 0, 50)]  # 0.25 ha each
+    medium = [square(0, 200, 200)]  # 4 ha
+    large = [square(400, 0, 300)]  # 9 ha
+    truth = frame(small + medium + large)
+    # the first small field is found, the second missed; a false 2 ha prediction elsewhere
+    predicted = frame([small[0], *medium, *large, square(1000, 1000, 150, 133.4)])
+    by_size = evaluate_fields(predicted, truth, settings=FAST).report["by_size"]
+    assert by_size["<1 ha"] == pytest.approx(
+        {
+            "n_truth": 2, "n_predicted": 1, "tp": 1, "fn": 1, "fp": 0, "precision": 1.0,
+            "recall": 0.5, "f1": 2 / 3, "n_split_truth": 0, "split_rate": 0.0,
+            "n_merged_truth": 0, "merged_rate": 0.0,
+        }
+    )  # fmt: skip
+    assert by_size["1-5 ha"]["n_predicted"] == 2
+    assert by_size["1-5 ha"]["fp"] == 1
+    assert by_size["1-5 ha"]["precision"] == pytest.approx(0.5)
+    assert by_size[">5 ha"]["f1"] == 1.0
+
+
+def test_label_extent_counts_only_fields_mostly_inside() -> None:
+    truth = frame([square(0, 0), square(1000, 0)])
+    predicted = frame([square(0, 0), square(2000, 0)])  # the second would be a false positive
+    extent = square(-50, -50, 300)
+    evaluation = evaluate_fields(predicted, truth, label_extent=extent, settings=FAST)
+    report = evaluation.report
+    assert report["label_mode"] == "label_extent"
+    assert report["counts"] == {"n_truth": 1, "n_predicted": 1}
+    assert report["object"]["f1"] == 1.0
+
+
+def test_sparse_mode_ignores_predictions_away_from_the_drawn_fields() -> None:
+    drawn = frame([square(0, 0), square(500, 0)])
+    predicted = frame(
+        [
+            square(0, 0),  # right
+            square(500, 0, 100, 40),  # overlaps the second drawn field: counted, a miss
+            square(2000, 2000),  # an undrawn field, perhaps right: not counted
+            square(100, 0, 100),  # touches the first drawn field along an edge only
+        ]
+    )
+    report = evaluate_fields(predicted, drawn, sparse=True).report
+    assert report["label_mode"] == "sparse"
+    assert report["counts"] == {"n_truth": 2, "n_predicted": 2}
+    obj = report["object"]
+    assert (obj["tp"], obj["fp"], obj["fn"]) == (1, 1, 1)
+    # pixels count only inside the drawn fields and the counted predictions
+    assert report["pixel"]["pixel_recall"] == pytest.approx(1.4 / 2)
+    assert report["pixel"]["pixel_precision"] == pytest.approx(1.0)
+
+
+def test_both_label_modes_at_once_are_refused() -> None:
+    fields = frame([square(0, 0)])
+    with pytest.raises(ConfigError, match="exclude"):
+        evaluate_fields(fields, fields, label_extent=square(0, 0), sparse=True)
+
+
+def test_empty_sets() -> None:
+    empty = frame([])
+    some = frame([square(0, 0)])
+    both = evaluate_fields(empty, empty, settings=FAST).report["object"]
+    assert both["f1"] == 1.0
+    no_pred = evaluate_fields(empty, some, settings=FAST).report["object"]
+    assert (no_pred["recall"], no_pred["f1"], no_pred["fn"]) == (0.0, 0.0, 1)
+
+
+def test_predictions_in_another_crs_are_reprojected(tmp_path: Path) -> None:
+    truth = frame(grid_fields(2))
+    truth_path = tmp_path / "truth.gpkg"
+    truth.to_file(truth_path)
+    predicted_path = tmp_path / "pred.geojson"
+    truth.to_crs("EPSG:4326").to_file(predicted_path)
+    evaluation = evaluate_files(predicted_path, truth_path, settings=FAST)
+    assert evaluation.report["inputs"]["reprojected"] == ["predicted"]
+    assert evaluation.report["object"]["f1"] == 1.0
+
+
+def test_geographic_truth_is_evaluated_in_its_utm_zone(tmp_path: Path) -> None:
+    truth = frame(grid_fields(2)).to_crs("EPSG:4326")
+    path = tmp_path / "truth.gpkg"
+    truth.to_file(path)
+    evaluation = evaluate_files(path, path, settings=EvaluationSettings(mask_ap=False))
+    assert evaluation.report["inputs"]["crs"] == "EPSG:32633"
+    assert evaluation.truth["area_ha"].to_numpy() == pytest.approx(1.0, rel=1e-3)
+    assert evaluation.report["pixel"]["pixel_iou"] == pytest.approx(1.0)
+
+
+def test_error_layers_are_styled_geopackage_layers(tmp_path: Path) -> None:
+    truth = frame([square(0, 0), square(100, 0), square(400, 0)])
+    predicted = frame([square(0, 0, 200, 100), square(900, 0)], score=np.array([0.9, 0.8]))
+    evaluation = evaluate_fields(predicted, truth, settings=FAST)
+    path = write_error_layers(evaluation, tmp_path / "errors.gpkg")
+    layers = gpd.list_layers(path)
+    assert sorted(layers["name"]) == ["layer_styles", "predicted", "truth"]
+    back = gpd.read_file(path, layer="truth")
+    assert list(back["error"]) == ["merged", "merged", "fn"]
+    assert back.crs == CRS
+    with sqlite3.connect(path) as con:
+        styled = {row[0] for row in con.execute("SELECT f_table_name FROM layer_styles")}
+        qml = con.execute("SELECT styleQML FROM layer_styles").fetchone()[0]
+    assert styled == {"truth", "predicted"}
+    assert 'type="categorizedSymbol"' in qml and 'attr="error"' in qml
+
+
+def _write_pair(tmp_path: Path) -> tuple[Path, Path]:
+    truth = frame(grid_fields(3))
+    predicted = frame([*grid_fields(3)[:7], square(0, 600, 100, 60)], score=np.linspace(0.5, 1, 8))
+    truth_path, predicted_path = tmp_path / "truth.gpkg", tmp_path / "pred.gpkg"
+    truth.to_file(truth_path)
+    predicted.to_file(predicted_path)
+    return predicted_path, truth_path
+
+
+def test_cli_prints_the_table_and_writes_report_map_and_layers(tmp_path: Path) -> None:
+    predicted_path, truth_path = _write_pair(tmp_path)
+    out = tmp_path / "out"
+    args = [
+        "evaluate", str(predicted_path), str(truth_path), "-o", str(out / "report.json"),
+        "--plot", str(out / "errors.png"), "--errors", str(out / "errors.gpkg"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "precision 0.875   recall 0.778" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["object"]["tp"] == 7
+    assert report["object"]["fp"] == 1 and report["object"]["fn"] == 2
+    assert report["mask_ap"]["ap"] < 1.0
+    with Image.open(out / "errors.png") as image:
+        assert image.format == "PNG" and image.width > 500
+    assert len(gpd.read_file(out / "errors.gpkg", layer="predicted")) == 8
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1
+    assert "exists" in again.output and "--overwrite" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
+    predicted_path, truth_path = _write_pair(tmp_path)
+    runner = CliRunner()
+    missing = runner.invoke(main, ["evaluate", str(tmp_path / "nope.gpkg"), str(truth_path)])
+    assert missing.exit_code == 1 and "not found" in missing.output
+    no_crs = tmp_path / "nocrs.geojson"
+    no_crs.write_text(
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, '
+        '"geometry": {"type": "Polygon", "coordinates": '
+        "[[[500000, 5000000], [500100, 5000000], [500100, 5000100], [500000, 5000000]]]}}]}"
+    )
+    projected = runner.invoke(main, ["evaluate", str(no_crs), str(truth_path)])
+    assert projected.exit_code == 1 and "look projected" in projected.output
+    both = runner.invoke(
+        main,
+        [
+            "evaluate",
+            str(predicted_path),
+            str(truth_path),
+            "--sparse",
+            "--label-extent",
+            str(truth_path),
+        ],
+    )
+    assert both.exit_code == 1 and "exclude each other" in both.output
+    wrong = runner.invoke(
+        main,
+        ["evaluate", str(predicted_path), str(truth_path), "--errors", str(tmp_path / "e.shp")],
+    )
+    assert wrong.exit_code == 1 and "GeoPackage" in wrong.output
+    for result in (missing, projected, both, wrong):
+        assert "Traceback" not in result.output
+
+
+def test_evaluate_help_is_instant_and_lists_the_modes() -> None:
+    result = CliRunner().invoke(main, ["evaluate", "--help"])
+    assert result.exit_code == 0
+    for option in ("--label-extent", "--sparse", "--plot", "--errors", "--pixel-size"):
+        assert option in result.output
+
+
+@st.composite
+def _field_sets(draw: st.DrawFn) -> tuple[list[shapely.Polygon], list[shapely.Polygon]]:
+    """Two sets of random small rectangles on a 10 m grid, each set without overlaps."""
+
+    def rects(n: int) -> list[shapely.Polygon]:
+        out: list[shapely.Polygon] = []
+        for _ in range(n):
+            col, row = draw(st.integers(0, 30)), draw(st.integers(0, 30))
+            w, h = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+            candidate = square(col * 10, row * 10, w * 10, h * 10)
+            if not any(candidate.intersection(other).area > 0 for other in out):
+                out.append(candidate)
+        return out
+
+    return rects(draw(st.integers(0, 6))), rects(draw(st.integers(0, 6)))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_field_sets())
+def test_swapping_the_sets_swaps_precision_and_recall(
+    sets: tuple[list[shapely.Polygon], list[shapely.Polygon]],
+) -> None:
+    a, b = sets
+    forward = evaluate_fields(frame(a), frame(b), settings=FAST).report["object"]
+    backward = evaluate_fields(frame(b), frame(a), settings=FAST).report["object"]
+    assert forward["precision"] == backward["recall"]
+    assert forward["recall"] == backward["precision"]
+    assert forward["f1"] == backward["f1"]
+    assert forward["tp"] + forward["fn"] == len(b)
+    assert 0.0 <= forward["mean_f1"] <= forward["f1"] <= 1.0
+
+
+def test_invalid_geometries_are_repaired_and_non_polygons_left_out() -> None:
+    bowtie = shapely.Polygon(
+        [(X0, Y0), (X0 + 100, Y0 + 100), (X0 + 100, Y0), (X0, Y0 + 100), (X0, Y0)]
+    )
+    truth = frame([bowtie, square(200, 0)])
+    predicted = frame(
+        [
+            bowtie,
+            square(200, 0),
+            shapely.Point(X0, Y0),
+            None,
+            shapely.LineString([(X0, Y0), (X0 + 5, Y0)]),
+        ]
+    )
+    report = evaluate_fields(predicted, truth, settings=FAST).report
+    assert report["inputs"]["n_predicted_read"] == 5
+    assert report["inputs"]["n_without_area"] == {"truth": 0, "predicted": 3}
+    assert report["object"]["f1"] == 1.0
