@@ -63,8 +63,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"pixels ({settings['pixel_size_m']:g} m grid)",
-            f"  extent IoU {_f(pixel.get('pixel_iou'))}   precision {_f(pixel.get('pixel_precision'))}"
-            f"   recall {_f(pixel.get('pixel_recall'))}",
+            f"  extent IoU {_f(pixel.get('pixel_iou'))}   precision "
+            f"{_f(pixel.get('pixel_precision'))}   recall {_f(pixel.get('pixel_recall'))}",
             f"  boundary F1 {_f(pixel.get('boundary_f1'))}   precision "
             f"{_f(pixel.get('boundary_precision'))}   recall {_f(pixel.get('boundary_recall'))}"
             f"   (tolerance {settings['boundary_tolerance_m']:g} m)",
