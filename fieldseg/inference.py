@@ -30,6 +30,7 @@ from rasterio.windows import Window, from_bounds
 from fieldseg.atomic_output import check_output_path
 from fieldseg.chip_grid import check_chip_geometry, chip_starts
 from fieldseg.chip_resolution import empty_chip, resolve_chip
+from fieldseg.dense_stitching import DenseBlender
 from fieldseg.devices import select_device
 from fieldseg.errors import ConfigError, InputFileError
 from fieldseg.field_output import FieldWriter
@@ -55,6 +56,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHIP_SIZE = 256
 DEFAULT_SCORE_THRESHOLD = 0.5
 MIN_FIELD_PIXELS = 4
+#: How chips are joined (``predict_scene``'s ``seams``).
+SEAM_MODES = ("auto", "instances", "blend")
 
 
 @dataclass
@@ -94,6 +97,7 @@ def predict_scene(
     overwrite: bool = False,
     debug_layers: bool = False,
     show_progress: bool = True,
+    seams: str = "auto",
 ) -> PredictSummary:
     """Find the fields of a scene and write them as polygons.
 
@@ -114,6 +118,10 @@ def predict_scene(
         overwrite: replace an existing output.
         debug_layers: add ``chips`` and ``seams`` layers (GeoPackage output).
         show_progress: show a progress bar.
+        seams: how chips are joined: ``instances`` (each chip's instances made disjoint and
+            stitched across seams), ``blend`` (models with per-pixel outputs only: overlapping
+            chips' maps blended and fields extracted on the blend), or ``auto`` (``blend``
+            where the model can, else ``instances``).
 
     Raises:
         FieldsegError: bad input (the message says which and why).
@@ -133,6 +141,14 @@ def predict_scene(
     check_chip_geometry(chip_size, overlap)
     if overlap < 2:
         raise ConfigError("overlap must be at least 2 pixels: seams are joined where chips overlap")
+    if seams not in SEAM_MODES:
+        raise ConfigError(f"seams must be one of {', '.join(SEAM_MODES)}; got {seams!r}")
+    if seams == "blend" and not loaded.model.dense_output:
+        raise ConfigError(
+            f"--seams blend needs a model with per-pixel outputs; {loaded.model.family} "
+            "predicts instances only (use --seams instances)"
+        )
+    blend = seams == "blend" or (seams == "auto" and loaded.model.dense_output)
     chosen = select_device(device)
     net = loaded.model.to(chosen).eval()
     net.set_score_threshold(score_threshold)
@@ -149,7 +165,20 @@ def predict_scene(
         min_area = MIN_FIELD_PIXELS * pixel_m2 if min_area_m2 is None else min_area_m2
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
-        stitcher = SceneStitcher(height, width, overlap=overlap)
+        stitcher: SceneStitcher | DenseBlender
+        if blend:
+            stitcher = DenseBlender(
+                height,
+                width,
+                chip_size=chip_size,
+                overlap=overlap,
+                params=net.extraction_params,  # type: ignore[attr-defined]
+                chip_rows=rows,
+                chip_cols=cols,
+                score_threshold=score_threshold,
+            )
+        else:
+            stitcher = SceneStitcher(height, width, overlap=overlap)
         tracer = FieldTracer(
             area_transform,
             info.crs,
@@ -216,15 +245,18 @@ def _run_row(
     net: FieldModel,
     chips: list[tuple[int, np.ndarray, np.ndarray]],
     row: int,
-    stitcher: SceneStitcher,
+    stitcher: SceneStitcher | DenseBlender,
     device: torch.device,
     batch_size: int,
     score_threshold: float,
     timings: dict[str, float],
 ) -> int:
     """Predict, resolve and stitch one row of chips (in column order); return chips skipped."""
-    resolved: dict[int, object] = {}
     with_data = [i for i, (_, _, valid) in enumerate(chips) if valid.any()]
+    if isinstance(stitcher, DenseBlender):
+        _blend_row(net, chips, with_data, row, stitcher, device, batch_size, timings)
+        return len(chips) - len(with_data)
+    resolved: dict[int, object] = {}
     for start in range(0, len(with_data), batch_size):
         batch = with_data[start : start + batch_size]
         tick = time.perf_counter()
@@ -244,6 +276,37 @@ def _run_row(
         stitcher.add_chip(row, col, chip, valid)  # type: ignore[arg-type]
     timings["stitch"] += time.perf_counter() - tick
     return len(chips) - len(with_data)
+
+
+def _blend_row(
+    net: FieldModel,
+    chips: list[tuple[int, np.ndarray, np.ndarray]],
+    with_data: list[int],
+    row: int,
+    blender: DenseBlender,
+    device: torch.device,
+    batch_size: int,
+    timings: dict[str, float],
+) -> None:
+    """Predict one row of chips' maps and add them to the blend."""
+    for start in range(0, len(with_data), batch_size):
+        batch = with_data[start : start + batch_size]
+        tick = time.perf_counter()
+        images = [_to_device(chips[i][1], device) for i in batch]
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            maps = net.dense_maps(images)  # type: ignore[attr-defined]
+        timings["model"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        for i, chip_maps in zip(batch, maps, strict=True):
+            col, _, valid = chips[i]
+            blender.add_chip(
+                row,
+                col,
+                chip_maps["extent"].float().cpu().numpy(),
+                chip_maps["boundary"].float().cpu().numpy(),
+                valid & chip_maps["valid"].cpu().numpy(),
+            )
+        timings["stitch"] += time.perf_counter() - tick
 
 
 def _to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -18,6 +18,7 @@ Masks are binary (probability 1 on the mask): the leaked pixels are as confident
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -25,9 +26,12 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.band_statistics import BandStatistics
+from fieldseg.boundary_targets import BOUNDARY, INTERIOR, label_classes
+from fieldseg.instance_extraction import ExtractionParams, extract_fields
 from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
 from fieldseg.raster_io import open_raster, write_geotiff
 from fieldseg.rasterization import rasterize_labels_in_strips
@@ -127,6 +131,79 @@ class OracleFieldModel(FieldModel):
                 y, x = hit.nonzero(as_tuple=True)
                 leaked[source[y, x] - 1, y, x] = 1.0
         return leaked
+
+
+class DenseOracleFieldModel(OracleFieldModel):
+    """A perfect (or exactly specified noisy) per-pixel model over a truth-id scene.
+
+    For each chip it returns what a perfect boundary-aware U-Net would: the field extent and
+    the boundary band of every field (its own inner edge, one pixel; the chip edge is not a
+    field edge, as in :mod:`fieldseg.boundary_targets`). Noisy mode, like a softmax output: the
+    probabilities of background, interior and boundary are each blurred (Gaussian, sigma
+    ``blur_sigma`` px), perturbed by uniform noise of ``noise`` either way, clipped to [0, 1]
+    and renormalised to sum to one; chips draw from one generator in call order. Its
+    ``predict`` goes through the same extraction as the U-Net
+    (:mod:`fieldseg.instance_extraction`).
+    """
+
+    family = "dense_oracle"
+    dense_output = True
+
+    def __init__(
+        self,
+        *,
+        noisy: bool = False,
+        seed: int = 0,
+        nodata: float | None = None,
+        blur_sigma: float = 1.0,
+        noise: float = 0.15,
+        params: ExtractionParams | None = None,
+    ) -> None:
+        super().__init__(noisy=noisy, seed=seed, nodata=nodata)
+        self.blur_sigma = blur_sigma
+        self.noise = noise
+        self.extraction_params = params or ExtractionParams()
+
+    @torch.no_grad()
+    def dense_maps(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Per chip ``extent``, ``boundary`` (probabilities) and ``valid``."""
+        out = []
+        for image in images:
+            valid = self.normaliser.valid(image)
+            ids = torch.where(valid, image[0].round().to(torch.int64), 0)
+            classes = label_classes(ids)
+            probabilities = F.one_hot(classes, 3).permute(2, 0, 1).float()
+            if self.noisy:
+                probabilities = torch.stack([self._perturb(p) for p in probabilities])
+                probabilities = probabilities / probabilities.sum(dim=0).clamp_min(1e-6)
+            extent = probabilities[INTERIOR] + probabilities[BOUNDARY]
+            out.append({"extent": extent, "boundary": probabilities[BOUNDARY], "valid": valid})
+        return out
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[torch.Tensor]) -> list[ChipPrediction]:
+        """Fields of each chip extracted from its maps, as the U-Net's predictions are."""
+        from fieldseg.models.unet_boundary import chip_prediction
+
+        predictions = []
+        for maps in self.dense_maps(images):
+            fields = extract_fields(
+                maps["extent"].numpy(), maps["boundary"].numpy(), maps["valid"].numpy(),
+                self.extraction_params,
+            )  # fmt: skip
+            predictions.append(chip_prediction(fields, maps, self.extraction_params))
+        return predictions
+
+    def _perturb(self, values: torch.Tensor) -> torch.Tensor:
+        radius = max(1, math.ceil(3 * self.blur_sigma))
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (offsets / self.blur_sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        padded = F.pad(values[None, None], (radius,) * 4, mode="replicate")
+        blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+        blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1))[0, 0]
+        noise = self._rng.uniform(-self.noise, self.noise, size=tuple(values.shape))
+        return (blurred + torch.from_numpy(noise).float()).clamp(0.0, 1.0)
 
 
 def write_truth_raster(

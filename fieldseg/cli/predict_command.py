@@ -71,6 +71,14 @@ from fieldseg.cli.options import device_option, overwrite_option
     metavar="XMIN YMIN XMAX YMAX",
     help="Predict only inside this box (scene CRS).",
 )
+@click.option(
+    "--seams",
+    type=click.Choice(["auto", "instances", "blend"]),
+    default="auto",
+    show_default=True,
+    help="Join chips by stitching their instances, or by blending per-pixel maps (U-Net); "
+    "auto blends where the model can.",
+)
 @device_option
 @click.option(
     "--debug-layers",
@@ -90,6 +98,7 @@ def predict(
     simplify_m: float,
     extent: Path | None,
     bbox: tuple[float, float, float, float] | None,
+    seams: str,
     device: str,
     debug_layers: bool,
     overwrite: bool,
@@ -117,6 +126,7 @@ def predict(
         device=device,
         overwrite=overwrite,
         debug_layers=debug_layers,
+        seams=seams,
     )
     click.echo(
         f"fields: {summary.output}: {summary.n_fields} fields over {summary.area_km2:.1f} km2 "

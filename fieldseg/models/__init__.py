@@ -15,10 +15,12 @@ from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError
 from fieldseg.models.base import ChipPrediction, FieldModel
 from fieldseg.models.maskrcnn import MaskRCNNConfig, MaskRCNNFieldModel
+from fieldseg.models.unet_boundary import UNetBoundaryConfig, UNetBoundaryFieldModel
 
 #: family name -> (config class, model class)
 FAMILIES: dict[str, tuple[type[BaseModel], type[FieldModel]]] = {
     "maskrcnn": (MaskRCNNConfig, MaskRCNNFieldModel),
+    "unet_boundary": (UNetBoundaryConfig, UNetBoundaryFieldModel),
 }
 
 

@@ -85,6 +85,10 @@ class FieldModel(nn.Module, ABC):
     """
 
     family: ClassVar[str]
+    #: Families with per-pixel outputs set this and implement ``dense_maps(images)`` (per chip
+    #: ``extent``, ``boundary`` and ``valid`` maps) and ``extraction_params``; ``predict`` may
+    #: then blend overlapping chips' maps instead of stitching chip instances.
+    dense_output: ClassVar[bool] = False
 
     def __init__(
         self, band_names: Sequence[str], statistics: Sequence[BandStatistics], nodata: float | None
@@ -118,6 +122,15 @@ class FieldModel(nn.Module, ABC):
     @abstractmethod
     def predict(self, images: Sequence[torch.Tensor]) -> list[ChipPrediction]:
         """Instances in each raw chip."""
+
+    def calibrate(self, data: Any, *, batch_size: int = 4) -> dict[str, float]:
+        """Tune post-processing settings on a labelled split (val) after an epoch.
+
+        A family whose predictions depend on thresholds (the U-Net's watershed) tunes them here
+        and keeps them in its state dict, so the checkpoint carries them. Returns what was tuned
+        and the score reached, for the training log; the default tunes nothing.
+        """
+        return {}
 
     def set_score_threshold(self, score: float) -> None:
         """Let the model drop instances scoring below ``score`` early.

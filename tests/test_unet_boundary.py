@@ -1,0 +1,202 @@
+"""The boundary-aware U-Net family: its targets, losses, prediction, checkpoint and learning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+
+from fieldseg.band_statistics import BandStatistics
+from fieldseg.boundary_targets import BACKGROUND, BOUNDARY, IGNORE_INDEX, INTERIOR, boundary_target
+from fieldseg.chip_dataset import ChipDataset, collate_chips
+from fieldseg.dataset_description import DatasetDescription
+from fieldseg.errors import ConfigError
+from fieldseg.instance_extraction import ExtractionParams, label_f1
+from fieldseg.models import ModelSpec, build_model, model_config
+from fieldseg.models.unet_boundary import UNetBoundaryConfig, UNetBoundaryFieldModel
+from fieldseg.raster_io import write_geotiff
+from fieldseg.run_config import load_run_config
+from fieldseg.tiling import tile_scenes
+
+CPU_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "unet_boundary_r18_cpu.yaml"
+BANDS = ("red", "green", "blue", "nir")
+TINY = UNetBoundaryConfig(encoder="resnet18", decoder_channels=[32, 16, 16, 16, 8])
+
+
+def _statistics() -> list[BandStatistics]:
+    return [BandStatistics(name=b, p2=0, p98=3000, mean=1000, std=500, n_pixels=1) for b in BANDS]
+
+
+def _model(
+    config: UNetBoundaryConfig = TINY, nodata: float | None = None
+) -> UNetBoundaryFieldModel:
+    torch.manual_seed(0)
+    return UNetBoundaryFieldModel(config, BANDS, _statistics(), nodata, chip_size=64, num_classes=1)
+
+
+# targets ----------------------------------------------------------------------------------
+
+
+def test_two_touching_squares_are_separated_by_a_boundary_band() -> None:
+    masks = torch.zeros(2, 8, 10, dtype=torch.uint8)
+    masks[0, 2:6, 1:5] = 1
+    masks[1, 2:6, 5:9] = 1
+    target = boundary_target(masks)
+    assert (target[:, 4] == torch.tensor([0, 0, 2, 2, 2, 2, 0, 0])).all()  # left field's edge
+    assert (target[3, 1:9] == torch.tensor([2, 1, 1, 2, 2, 1, 1, 2])).all()  # one band each side
+    assert int((target == INTERIOR).sum()) == 2 * 4  # 2 x 2 interior per 4 x 4 field
+    assert int((target == BACKGROUND).sum()) == 80 - 32
+
+
+def test_the_chip_edge_is_not_a_field_edge() -> None:
+    masks = torch.zeros(1, 6, 6, dtype=torch.uint8)
+    masks[0, :, :3] = 1  # a field cut by the chip's left, top and bottom edges
+    target = boundary_target(masks)
+    assert (target[:, 2] == BOUNDARY).all()  # only the edge against background
+    assert (target[:, :2] == INTERIOR).all()
+
+
+def test_boundary_width_and_ignored_pixels() -> None:
+    masks = torch.zeros(1, 9, 9, dtype=torch.uint8)
+    masks[0, 1:8, 1:8] = 1
+    wide = boundary_target(masks, width=2)
+    assert int((wide == INTERIOR).sum()) == 9  # 7 x 7 less two rings
+    ignore = torch.zeros(9, 9, dtype=torch.bool)
+    ignore[0] = True
+    valid = torch.ones(9, 9, dtype=torch.bool)
+    valid[:, 8] = False
+    target = boundary_target(masks, ignore=ignore, valid=valid)
+    assert (target[0] == IGNORE_INDEX).all() and (target[:, 8] == IGNORE_INDEX).all()
+    assert int((target == IGNORE_INDEX).sum()) == 9 + 8
+
+
+# model ------------------------------------------------------------------------------------
+
+
+def _batch(size: tuple[int, int] = (64, 64)) -> tuple[list[torch.Tensor], list[dict]]:
+    height, width = size
+    image = torch.full((4, height, width), 800.0)
+    masks = torch.zeros(2, height, width, dtype=torch.uint8)
+    masks[0, 4:20, 4:30] = 1
+    masks[1, 4:20, 30:50] = 1
+    image[:, masks.sum(0).bool()] += 900
+    target = {
+        "masks": masks,
+        "ignore": torch.zeros(height, width, dtype=torch.bool),
+        "valid": torch.ones(height, width, dtype=torch.bool),
+    }
+    return [image], [target]
+
+
+def test_losses_are_finite_and_gradients_reach_the_first_convolution() -> None:
+    model = _model()
+    images, targets = _batch()
+    losses = model.training_step(images, targets)
+    assert set(losses) == {"loss_ce", "loss_dice"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    first = model.net.encoder.conv1
+    assert first.in_channels == 4
+    assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0
+
+
+def test_prediction_of_odd_sized_chips_gives_disjoint_masks_and_maps() -> None:
+    model = _model()
+    images, _ = _batch((70, 45))
+    prediction = model.predict(images)[0]
+    assert prediction.dense["extent"].shape == (70, 45)
+    assert prediction.dense["boundary"].shape == (70, 45)
+    assert prediction.masks.shape[1:] == (70, 45)
+    assert (prediction.masks > 0).sum(dim=0).max() <= 1  # disjoint
+    assert len(prediction.scores) == len(prediction.masks) == len(prediction.labels)
+
+
+def test_only_one_category_and_no_coco_weights() -> None:
+    with pytest.raises(ConfigError, match="one category"):
+        UNetBoundaryFieldModel(TINY, BANDS, _statistics(), None, chip_size=64, num_classes=2)
+    with pytest.raises(ConfigError, match="COCO"):
+        UNetBoundaryFieldModel(
+            TINY, BANDS, _statistics(), None, chip_size=64, num_classes=1, pretrained="coco"
+        )
+
+
+def test_extraction_thresholds_travel_in_the_state_dict() -> None:
+    model = _model()
+    tuned = ExtractionParams(extent_threshold=0.35, marker_threshold=0.45)
+    model.extraction_params = tuned
+    copy = _model()
+    copy.load_state_dict(model.state_dict())
+    assert copy.extraction_params.extent_threshold == pytest.approx(0.35)
+    assert copy.extraction_params.marker_threshold == pytest.approx(0.45)
+
+
+def test_cpu_config_builds_through_the_family_registry() -> None:
+    config = load_run_config(CPU_CONFIG)
+    section = model_config(config.model)
+    assert section.family == "unet_boundary"
+    spec = ModelSpec(
+        bands=BANDS, statistics=tuple(_statistics()), nodata=None, chip_size=128,
+        categories=("field",),
+    )  # fmt: skip
+    model = build_model(section, spec)
+    assert isinstance(model, UNetBoundaryFieldModel)
+
+
+# learning ---------------------------------------------------------------------------------
+
+#: Eight fields (pixel boxes c0, r0, c1, r1) over two 64 px chips, several touching.
+FIELDS = [(4, 4, 24, 20), (24, 4, 58, 20), (6, 34, 28, 60), (28, 34, 60, 58),
+          (68, 4, 90, 28), (90, 4, 124, 28), (70, 36, 100, 60), (106, 30, 124, 60)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_overfits_two_tiny_chips(tmp_path: Path) -> None:
+    """Object F1 >= 0.9 on two chips of touching fields after a short fit."""
+    transform = Affine(10, 0, 500_000, 0, -10, 5_800_000)
+    rng = np.random.default_rng(0)
+    data = rng.normal(800, 40, (4, 64, 128))
+    polygons = []
+    for k, (c0, r0, c1, r1) in enumerate(FIELDS):
+        data[:, r0:r1, c0:c1] += 600 + 150 * (k % 4)
+        polygons.append(shapely.box(*(transform * (c0, r1)), *(transform * (c1, r0))))
+    write_geotiff(tmp_path / "scene.tif", data.clip(0).astype("uint16"), transform=transform,
+                  crs=CRS.from_epsg(32633), band_names=list(BANDS))  # fmt: skip
+    gpd.GeoDataFrame(geometry=polygons, crs=32633).to_file(tmp_path / "fields.gpkg")
+    tile_scenes([tmp_path / "scene.tif"], tmp_path / "fields.gpkg", tmp_path / "ds",
+                chip_size=64, overlap=0, split="1,0,0")  # fmt: skip
+    chips = ChipDataset(tmp_path / "ds", "train")
+    assert len(chips) == 2 and chips.n_instances == 8
+
+    torch.manual_seed(0)
+    config = load_run_config(CPU_CONFIG)
+    spec = ModelSpec.from_description(DatasetDescription.load(tmp_path / "ds"))
+    model = build_model(model_config(config.model), spec)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    images, targets = collate_chips([chips[0], chips[1]])
+    for _ in range(60):
+        loss = sum(model.training_step(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tuned = model.calibrate(chips)
+    predictions = model.predict(images)
+    tp = n_pred = n_true = 0
+    for prediction, target in zip(predictions, targets, strict=True):
+        labels = np.zeros(prediction.masks.shape[1:], np.int64)
+        for k, mask in enumerate(prediction.masks.numpy() > 0, start=1):
+            labels[mask] = k
+        truth = np.zeros_like(labels)
+        for k, mask in enumerate(target["masks"].numpy().astype(bool), start=1):
+            truth[mask] = k
+        match = label_f1(labels, truth)
+        tp, n_pred, n_true = tp + match.tp, n_pred + match.n_predicted, n_true + match.n_truth
+    f1 = 2 * tp / (n_pred + n_true)
+    assert f1 >= 0.9, (f1, tuned)
+    assert tuned["object_f1"] >= 0.9
