@@ -7,8 +7,8 @@ FIELDSEG := $(VENV)/bin/fieldseg
 DEMO_DIR ?= demo-output
 DEMO_SEED ?= 7
 DEMO_TEST_SEED ?= 8
-DEMO_MINUTES ?= 6
-DEMO_CONFIG ?= configs/maskrcnn_r18_cpu.yaml
+DEMO_MINUTES ?= 7
+DEMO_CONFIG ?= configs/unet_boundary_r18_cpu.yaml
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-fast lint demo bench clean

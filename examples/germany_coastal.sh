@@ -14,7 +14,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${1:-$HERE/../shared/data/real/germany-coastal}"
 OUT="${2:-$HERE/germany-output}"
 MINUTES="${3:-10}"
-CONFIG="${4:-$HERE/configs/maskrcnn_r18_cpu.yaml}"
+CONFIG="${4:-$HERE/configs/unet_boundary_r18_cpu.yaml}"
 FIELDSEG="${FIELDSEG:-$HERE/.venv/bin/fieldseg}"
 
 if [[ ! -d "$DATA/labels" ]]; then

@@ -138,7 +138,7 @@ def plot_errors(
 
     truth, predicted = evaluation.truth, evaluation.predicted
     report = evaluation.report
-    figure, axis = plt.subplots(figsize=(12, 9), constrained_layout=True)
+    figure, axis = plt.subplots(figsize=(10, 11), layout="constrained")
     handles = []
     for error in ("tp", "fn", "split", "merged"):
         part = truth[truth["error"] == error]
@@ -169,7 +169,7 @@ def plot_errors(
     axis.set_aspect("equal")
     axis.ticklabel_format(useOffset=False, style="plain")
     axis.tick_params(labelsize="small")
-    axis.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    figure.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
     with atomic_file(path, overwrite=overwrite) as tmp:
         figure.savefig(tmp, dpi=110, format="png")
     plt.close(figure)

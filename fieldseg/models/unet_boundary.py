@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 #: smp encoders offered (any smp encoder name works; these are tested).
 ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3")
 Pretrained = Literal["imagenet", "coco", "none"]
+#: Thresholds tried after every epoch (16 combinations: calibration stays a small part of an
+#: epoch on a CPU; the values chosen in practice lie well inside this range).
+CALIBRATION_GRID = {
+    "extent_threshold": (0.3, 0.4, 0.5, 0.6),
+    "marker_threshold": (0.4, 0.5, 0.6, 0.7),
+}
 
 
 class UNetBoundaryConfig(BaseModel):
@@ -224,7 +230,7 @@ class UNetBoundaryFieldModel(FieldModel):
                         truth,
                     )
                 )
-        params, f1 = tune_params(samples, base=self.extraction_params)
+        params, f1 = tune_params(samples, CALIBRATION_GRID, base=self.extraction_params)
         self.extraction_params = params
         return {
             "object_f1": float(f1),
