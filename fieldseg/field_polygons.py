@@ -10,7 +10,8 @@ by its unit), on the ellipsoid in a geographic one. The output schema is in docs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import chain
 
 import geopandas as gpd
 import numpy as np
@@ -103,7 +104,8 @@ class FieldTracer:
         # of other batches (-1) are left out, so edges against them are its fixed boundary
         mask = labels >= 0 if self.simplify_px else labels > 0
         traced = features.shapes(labels, mask=mask, connectivity=4, transform=shift)
-        polygons, values = _unzip([(shapely.geometry.shape(g), int(v) - 1) for g, v in traced])
+        polygons, values = _polygons(traced)
+        values = values - 1
         if self.simplify_px and len(polygons):
             noded = shapely.transform(shapely.segmentize(polygons, 1.0), np.rint)  # all corners
             simple = shapely.coverage_simplify(noded, self.simplify_px, simplify_boundary=False)
@@ -134,10 +136,25 @@ class FieldTracer:
         return np.column_stack([x, y])
 
 
-def _unzip(pairs: list[tuple[object, int]]) -> tuple[np.ndarray, np.ndarray]:
-    polygons = np.empty(len(pairs), dtype=object)
-    polygons[:] = [p for p, _ in pairs]
-    return polygons, np.asarray([v for _, v in pairs], dtype=np.int64)
+def _polygons(traced: Iterable[tuple[dict, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons and values from ``features.shapes``, built in one call rather than one by one.
+
+    Every ring's coordinates go into one array (ring and polygon offsets beside it), which
+    ``shapely.from_ragged_array`` turns into the same polygons ``shapely.geometry.shape`` makes.
+    """
+    rings_of, values = [], []
+    for geometry, value in traced:
+        rings_of.append(geometry["coordinates"])  # a Polygon: its shell, then its holes
+        values.append(value)
+    if not values:
+        return np.empty(0, dtype=object), np.zeros(0, np.int64)
+    rings = list(chain.from_iterable(rings_of))
+    ring_ends = np.cumsum([len(ring) for ring in rings])
+    points = chain.from_iterable(chain.from_iterable(rings))
+    coords = np.fromiter(points, np.float64, count=2 * int(ring_ends[-1])).reshape(-1, 2)
+    offsets = (np.r_[0, ring_ends], np.r_[0, np.cumsum([len(r) for r in rings_of])])
+    polygons = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, offsets)
+    return polygons, np.asarray(values).astype(np.int64)
 
 
 def _largest_polygon(geometry: object) -> object:

@@ -64,6 +64,9 @@ class _Chip:
     row: int
     col: int
     labels: np.ndarray  # global instance ids, 0 none
+    local: np.ndarray  # the chip's own instance numbers (1..size), 0 none
+    first: int  # the global id of the chip's instance 1
+    size: int  # the chip's instances
 
     @property
     def bottom(self) -> int:
@@ -156,21 +159,22 @@ class SceneStitcher:
         """
         rows = min(chip.labels.shape[0], self.height - row)
         cols = min(chip.labels.shape[1], self.width - col)
-        local = chip.labels[:rows, :cols]
+        local = chip.labels[:rows, :cols].astype(np.int32)  # kept while the chip is live
         valid = valid[:rows, :cols]
         index = self._n_chips
         self._n_chips += 1
         first = self._instances.add(len(chip))
         ids = np.where(local > 0, local + (first - 1), 0).astype(np.int32)
-        self._register(index, first, chip, ids, row)
+        self._register(index, first, chip, local, row)
+        placed = _Chip(index, row, col, ids, local, first, len(chip))
         self._live = [c for c in self._live if c.bottom > row]
         for other in self._live:
-            self._link(other, _Chip(index, row, col, ids))
-        self._live.append(_Chip(index, row, col, ids))
-        self._paint(row, col, chip, ids, valid)
+            self._link(other, placed)
+        self._live.append(placed)
+        self._paint(row, col, chip, placed, valid)
 
     def _register(
-        self, index: int, first: int, chip: ResolvedChip, ids: np.ndarray, row: int
+        self, index: int, first: int, chip: ResolvedChip, local: np.ndarray, row: int
     ) -> None:
         inst = self._instances
         last = first + len(chip)
@@ -179,12 +183,18 @@ class SceneStitcher:
         inst.chip[first:last] = index
         inst.min_row[first:last] = row
         inst.max_row[first:last] = row - 1  # an instance cut away entirely is never open
-        flat = ids.ravel()
-        width = ids.shape[1]
-        found, first_at = np.unique(flat, return_index=True)
-        inst.min_row[found[found > 0]] = row + first_at[found > 0] // width
-        found, last_at = np.unique(flat[::-1], return_index=True)
-        inst.max_row[found[found > 0]] = row + (flat.size - 1 - last_at[found > 0]) // width
+        if local.size == 0:
+            return
+        # instances x rows: which instance shows in which row
+        rows = local.shape[0]
+        present = np.zeros((len(chip) + 1, rows), bool)
+        present.ravel()[(local * rows + np.arange(rows)[:, None]).ravel()] = True
+        present = present[1:]
+        seen = np.flatnonzero(present.any(axis=1))
+        top = present.argmax(axis=1)
+        bottom = rows - 1 - present[:, ::-1].argmax(axis=1)
+        inst.min_row[first + seen] = row + top[seen]
+        inst.max_row[first + seen] = row + bottom[seen]
 
     def _link(self, a: _Chip, b: _Chip) -> None:
         """Join the instances of two chips whose masks agree where the chips overlap."""
@@ -193,61 +203,95 @@ class SceneStitcher:
         right = min(a.col + a.labels.shape[1], b.col + b.labels.shape[1])
         if top >= bottom or left >= right:
             return
-        la = a.labels[top - a.row : bottom - a.row, left - a.col : right - a.col].ravel()
-        lb = b.labels[top - b.row : bottom - b.row, left - b.col : right - b.col].ravel()
-        both = (la > 0) & (lb > 0)
-        if not both.any():
+        la = a.local[top - a.row : bottom - a.row, left - a.col : right - a.col].ravel()
+        lb = b.local[top - b.row : bottom - b.row, left - b.col : right - b.col].ravel()
+        # the instances of each chip seen in the overlap, numbered 1.. (0: none)
+        area_a = np.bincount(la, minlength=a.size + 1)
+        area_b = np.bincount(lb, minlength=b.size + 1)
+        ids_a = np.flatnonzero(area_a[1:]) + 1
+        ids_b = np.flatnonzero(area_b[1:]) + 1
+        if len(ids_a) == 0 or len(ids_b) == 0:
             return
-        ids_a, area_a = np.unique(la[la > 0], return_counts=True)
-        ids_b, area_b = np.unique(lb[lb > 0], return_counts=True)
-        keys, common = np.unique(
-            la[both].astype(np.int64) << 32 | lb[both].astype(np.int64), return_counts=True
-        )
-        pa, pb = keys >> 32, keys & 0xFFFFFFFF
-        union = area_a[np.searchsorted(ids_a, pa)] + area_b[np.searchsorted(ids_b, pb)] - common
+        seen_a = np.zeros(a.size + 1, np.int64)
+        seen_a[ids_a] = np.arange(1, len(ids_a) + 1)
+        seen_b = np.zeros(b.size + 1, np.int64)
+        seen_b[ids_b] = np.arange(1, len(ids_b) + 1)
+        columns = len(ids_b) + 1
+        pairs = np.bincount(seen_a[la] * columns + seen_b[lb], minlength=(len(ids_a) + 1) * columns)
+        common = pairs.reshape(len(ids_a) + 1, columns)[1:, 1:]
+        pa, pb = np.nonzero(common)  # by instance of a, then of b
+        common = common[pa, pb]
+        union = area_a[ids_a[pa]] + area_b[ids_b[pb]] - common
         agree = common > self.link_iou * union
-        for x, y in zip(pa[agree].tolist(), pb[agree].tolist(), strict=True):
-            self._union(x, y)
+        self._join(ids_a[pa[agree]] + (a.first - 1), ids_b[pb[agree]] + (b.first - 1))
 
-    def _find(self, x: int) -> int:
-        parent = self._instances.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = int(parent[x])
-        return x
+    def _join(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        """Join instances ``xs[k]`` and ``ys[k]`` pair after pair, never two of one chip.
 
-    def _union(self, x: int, y: int) -> None:
-        rx, ry = self._find(x), self._find(y)
-        if rx == ry:
+        Roots are found for all pairs at once; a root that an earlier pair of this call joined
+        to another is followed to its new root.
+        """
+        if len(xs) == 0:
             return
-        chips_x = self._chip_sets.get(rx, {int(self._instances.chip[rx])})
-        chips_y = self._chip_sets.get(ry, {int(self._instances.chip[ry])})
-        if chips_x & chips_y:
-            return  # two instances of one chip are two fields, whatever links them
-        root, child = (rx, ry) if rx < ry else (ry, rx)
-        self._instances.parent[child] = root
-        self._chip_sets[root] = chips_x | chips_y
-        self._chip_sets.pop(child, None)
+        inst = self._instances
+        roots_x, roots_y = self._roots_of(xs), self._roots_of(ys)
+        moved: dict[int, int] = {}  # root -> the root it was joined to, in this call
+        for rx, ry, chip_x, chip_y in zip(
+            roots_x.tolist(),
+            roots_y.tolist(),
+            inst.chip[roots_x].tolist(),
+            inst.chip[roots_y].tolist(),
+            strict=True,
+        ):
+            while rx in moved:
+                rx = moved[rx]
+            while ry in moved:
+                ry = moved[ry]
+            if rx == ry:
+                continue
+            # a root without a set is a lone instance (a moved root always has one)
+            chips_x = self._chip_sets.get(rx) or {chip_x}
+            chips_y = self._chip_sets.get(ry) or {chip_y}
+            if not chips_x.isdisjoint(chips_y):
+                continue  # two instances of one chip are two fields, whatever links them
+            root, child = (rx, ry) if rx < ry else (ry, rx)
+            inst.parent[child] = root
+            self._chip_sets[root] = chips_x | chips_y
+            self._chip_sets.pop(child, None)
+            moved[child] = root
+
+    def _roots_of(self, ids: np.ndarray) -> np.ndarray:
+        """The roots of instance ``ids`` (halving the paths walked)."""
+        parent = self._instances.parent
+        while True:
+            up = parent[ids]
+            if np.array_equal(up, ids):
+                return ids
+            grand = parent[up]
+            parent[ids] = grand
+            ids = grand
 
     def _paint(
-        self, row: int, col: int, chip: ResolvedChip, ids: np.ndarray, valid: np.ndarray
+        self, row: int, col: int, chip: ResolvedChip, placed: _Chip, valid: np.ndarray
     ) -> None:
         """Let the chip's votes take the pixels where they are stronger than earlier ones."""
+        ids = placed.labels
         rows, cols = ids.shape
         self._grow_buffers(row + rows)
         weight = self._edge_weight(row, col, rows, cols)
-        vote = chip.probability[:rows, :cols] * weight
         cut = self._cut_instances(row, col, ids)
         self._instances.cut[cut] = True
-        if cut.size:
-            vote = np.where(np.isin(ids, cut), vote * self.cut_penalty, vote)
-        vote = np.where(ids == 0, vote * self.background_weight, vote)
+        # the vote's factor by the chip's own instance number (0: background)
+        factor = np.ones(placed.size + 1, np.float32)
+        factor[cut - (placed.first - 1)] = self.cut_penalty
+        factor[0] = self.background_weight
+        vote = chip.probability[:rows, :cols] * weight * factor[placed.local]
         r0 = row - self._top
         owner = self._owner[r0 : r0 + rows, col : col + cols]
         votes = self._vote[r0 : r0 + rows, col : col + cols]
         stronger = vote > votes
-        owner[stronger] = ids[stronger]
-        votes[stronger] = vote[stronger]
+        np.copyto(owner, ids, where=stronger)
+        np.copyto(votes, vote, where=stronger)
         self._valid[r0 : r0 + rows, col : col + cols] &= valid
 
     def _edge_weight(self, row: int, col: int, rows: int, cols: int) -> np.ndarray:
@@ -316,18 +360,26 @@ class SceneStitcher:
         return self.close_rows(self.height + 1)
 
     def _emit(self, roots: np.ndarray, is_open: np.ndarray, end: int) -> FieldBatch | None:
+        inst = self._instances
         owner = self._owner[:end]
         root_of = roots[owner]
-        emit = ~is_open[root_of] & ~self._emitted[root_of] & (owner > 0)
-        if not emit.any():
+        # the fields to hand over: roots seen here, finished and not handed over before (the
+        # root of no instance, 0, stays open)
+        is_field = np.zeros(inst.size, bool)
+        is_field[root_of] = True
+        is_field &= ~is_open & ~self._emitted[: inst.size]
+        field_roots = np.flatnonzero(is_field)
+        if len(field_roots) == 0:
             return None
-        inst = self._instances
-        field_roots, compact = np.unique(root_of[emit], return_inverse=True)
-        labels = np.where(owner > 0, -1, 0).astype(np.int32)  # -1: a field of another batch
-        labels[emit] = compact + 1
         n = len(field_roots)
+        # by root: its field number (1..n), -1 a field of another batch, 0 no field
+        number = np.where(is_field, np.cumsum(is_field, dtype=np.int32), np.int32(-1))
+        number[0] = 0
+        labels = number[root_of]
         # pixels each instance gave its field
-        given, pixels = np.unique(owner[emit], return_counts=True)
+        pixels = np.bincount(owner.ravel(), minlength=inst.size)
+        given = np.flatnonzero((pixels > 0) & is_field[roots])
+        pixels = pixels[given]
         field_of = np.searchsorted(field_roots, roots[given])
         weighted = np.bincount(field_of, weights=pixels * inst.score[given], minlength=n)
         score = (weighted / np.bincount(field_of, weights=pixels, minlength=n)).astype(np.float32)
@@ -335,7 +387,7 @@ class SceneStitcher:
         first_of_field = order[np.r_[True, field_of[order][1:] != field_of[order][:-1]]]
         class_id = inst.class_id[given[first_of_field]]
         giving_chips = np.unique(field_of.astype(np.int64) << 32 | inst.chip[given])
-        members = np.flatnonzero(np.isin(roots, field_roots))
+        members = np.flatnonzero(is_field[roots])
         members = members[members > 0]
         member_field = np.searchsorted(field_roots, roots[members])
         seen = np.unique(member_field.astype(np.int64) << 32 | inst.chip[members])
@@ -343,9 +395,10 @@ class SceneStitcher:
         # joined across a seam: pixels from two or more chips, and a chip edge cut a piece
         was_cut = np.bincount(member_field, weights=inst.cut[members], minlength=n) > 0
         seam_merged = (np.bincount(giving_chips >> 32, minlength=n) > 1) & was_cut
-        touching = np.unique(labels[self._near_invalid(end) & emit])
-        touches = np.zeros(n, bool)
-        touches[touching[touching > 0] - 1] = True
+        touching = labels[self._near_invalid(end)]
+        touches = np.zeros(n + 1, bool)
+        touches[touching[touching > 0]] = True
+        touches = touches[1:]
         self._emitted[field_roots] = True
         return FieldBatch(
             row_offset=self._top,

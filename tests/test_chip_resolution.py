@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from fieldseg import chip_resolution as cr
 from fieldseg.chip_resolution import resolve_chip
 from fieldseg.models.base import ChipPrediction, touches_edge
 from fieldseg.oracle import OracleFieldModel
@@ -107,3 +109,100 @@ def test_nothing_on_nodata_and_background_evidence() -> None:
     assert np.allclose(chip.probability[0, 20], 1.0)
     empty = resolve_chip(_prediction([soft], [0.1]), valid)
     assert len(empty) == 0 and not empty.labels.any()
+
+
+def _reference_depths(masks: np.ndarray, cap: int) -> np.ndarray:
+    """(N, H, W) depths by the rule, one mask at a time on the dense grid (slow, plain)."""
+    claimed = masks.any(axis=0)
+    out = np.full(masks.shape, cap, np.int64)
+    for i, own in enumerate(masks):
+        other = np.pad(claimed & ~own, 1)
+        mine = np.pad(own, 1)
+        depth = np.full(own.shape, cap, np.int64)
+        for _ in range(cap):
+            padded = np.pad(depth, 1, constant_values=cap)
+            nearest = np.full(own.shape, cap, np.int64)
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    if dy == dx == 0:
+                        continue
+                    at = (
+                        slice(1 + dy, 1 + dy + own.shape[0]),
+                        slice(1 + dx, 1 + dx + own.shape[1]),
+                    )
+                    value = np.where(other[at], 0, np.where(mine[at], padded[at], cap))
+                    nearest = np.minimum(nearest, value)
+            depth = np.minimum(nearest + 1, cap)
+        out[i] = np.where(own, depth, cap)
+    return out
+
+
+def test_depths_are_steps_inside_the_mask_to_another_claim() -> None:
+    # a U-shaped field around a square one (across the gap the U's arms are near the other
+    # field, along the U far), fields at the chip edge, every mask leaking 2 px
+    ids = np.zeros((SIZE, SIZE), np.int32)
+    ids[2:20, 2:22] = 1
+    ids[2:14, 8:16] = 2  # the U's inside
+    ids[20:32, 0:14] = 3
+    ids[22:32, 14:32] = 4
+    ids[0:20, 24:32] = 5
+    oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
+    (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
+    masks = prediction.masks.numpy() >= 0.5
+    _, claims = cr._claims(prediction.masks, None)
+    contested = cr._contested(claims, SIZE * SIZE)
+    ys, xs = np.divmod(claims.pixel, SIZE)
+    for cap in (2, 3, 6, 12):
+        depth = cr._depths(claims, contested, len(masks), SIZE, SIZE, cap)
+        assert np.array_equal(depth, _reference_depths(masks, cap)[claims.instance, ys, xs])
+    assert depth.max() > 6  # deep enough to test the cap
+
+
+def test_sparse_rows_and_one_dense_pass_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = np.zeros((SIZE, SIZE), np.int32)
+    ids[0:16, 0:16], ids[0:16, 16:30], ids[18:30, 2:28] = 1, 2, 3
+    oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
+    (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
+    rng = np.random.default_rng(0)
+    soft = prediction.masks * torch.from_numpy(rng.uniform(0.55, 1.0, (3, 1, 1))).float()
+    soft[0, 30:32, 0:8] = 0.2  # faint evidence on background, in rows of its own
+    prediction.masks = soft
+    valid = ALL_VALID.copy()
+    valid[10:14, 10:20] = False
+    monkeypatch.setattr(cr, "DENSE_ROW_SHARE", 1.0)
+    sparse = resolve_chip(prediction, valid, min_pixels=1)
+    monkeypatch.setattr(cr, "DENSE_ROW_SHARE", 0.0)
+    dense = resolve_chip(prediction, valid, min_pixels=1)
+    assert len(sparse) == 3
+    for name in ("labels", "probability", "scores", "classes"):
+        assert np.array_equal(getattr(sparse, name), getattr(dense, name))
+    assert np.allclose(sparse.probability[30:32, 0:8], 0.8)  # 1 - the faint evidence
+
+
+def test_stable_radix_argsort_is_numpys_stable_sort() -> None:
+    rng = np.random.default_rng(0)
+    for bound in (2, 1 << 16, (1 << 16) + 1, 3 << 20):
+        keys = rng.integers(0, bound, 5000)
+        assert np.array_equal(cr._stable_argsort(keys, bound), np.argsort(keys, kind="stable"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_masks_on_the_gpu_resolve_as_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = np.zeros((SIZE, SIZE), np.int32)
+    ids[0:16, 0:16], ids[0:16, 16:30], ids[18:30, 2:28] = 1, 2, 3
+    oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
+    (cpu,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
+    cpu.scores = torch.tensor([0.9, 0.3, 0.8])  # one dropped
+    cpu.masks = cpu.masks * 0.9
+    gpu = ChipPrediction(
+        masks=cpu.masks.half().cuda(),
+        scores=cpu.scores.cuda(),
+        labels=cpu.labels.cuda(),
+        touches_edge=cpu.touches_edge.cuda(),
+    )
+    cpu.masks = cpu.masks.half()
+    for share in (1.0, 0.0):  # rows one by one, and one dense pass
+        monkeypatch.setattr(cr, "DENSE_ROW_SHARE", share)
+        a, b = resolve_chip(cpu, ALL_VALID), resolve_chip(gpu, ALL_VALID)
+        for name in ("labels", "probability", "scores", "classes"):
+            assert np.array_equal(getattr(a, name), getattr(b, name))

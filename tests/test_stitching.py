@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import shapely
+from rasterio import features
 
 from fieldseg.chip_resolution import ResolvedChip
+from fieldseg.field_polygons import _polygons
 from fieldseg.stitching import FieldBatch, SceneStitcher
 
 CHIP, OVERLAP = 16, 6
@@ -116,3 +119,52 @@ def test_fields_are_handed_over_as_the_window_moves_and_flag_nodata() -> None:
     touching = {int(np.unique(truth[last.row_offset :][last.labels == k + 1])[0]): bool(t)
                 for k, t in enumerate(last.touches_edge_or_nodata)}  # fmt: skip
     assert touching == {2: False, 3: True}
+
+
+def test_pairs_are_joined_in_bulk_as_one_by_one() -> None:
+    # instances of 6 chips, joined by random links (chains, cycles, links inside one chip)
+    rng = np.random.default_rng(0)
+    chip_of = rng.integers(0, 6, 200)
+    stitcher = SceneStitcher(10, 10, overlap=2)
+    first = stitcher._instances.add(len(chip_of))
+    stitcher._instances.chip[first : first + len(chip_of)] = chip_of
+    parent = list(range(first + len(chip_of)))  # the reference: one pair after another
+    chips = {i: {int(chip_of[i - first])} for i in range(first, first + len(chip_of))}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for _ in range(30):
+        xs = rng.integers(first, first + len(chip_of), 12)
+        ys = rng.integers(first, first + len(chip_of), 12)
+        stitcher._join(xs, ys)
+        for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+            rx, ry = find(x), find(y)
+            if rx != ry and not chips[rx] & chips[ry]:
+                root, child = min(rx, ry), max(rx, ry)
+                parent[child] = root
+                chips[root] |= chips.pop(child)
+    expected = [find(i) for i in range(len(parent))]
+    assert stitcher._instances.roots().tolist() == expected
+    assert len(set(expected)) < len(expected) - 100  # many were joined
+
+
+def test_polygons_are_built_as_shapely_builds_them_one_by_one() -> None:
+    labels = np.zeros((20, 24), np.int32)
+    labels[1:12, 1:12] = 1
+    labels[4:7, 4:7] = 0  # a hole
+    labels[8:10, 8:10] = 2  # a field inside another's hole
+    labels[7:11, 7:11][labels[7:11, 7:11] == 1] = 0
+    labels[14:18, 2:20] = 3
+    labels[15:17, 10] = 0  # two holes side by side
+    labels[15:17, 14] = 0
+    labels[2:6, 15:22] = 4
+    labels[3, 18] = 4
+    traced = list(features.shapes(labels, mask=labels > 0, connectivity=4))
+    polygons, values = _polygons(iter(traced))
+    expected = [shapely.geometry.shape(g) for g, _ in traced]
+    assert np.array_equal(shapely.to_wkb(polygons), shapely.to_wkb(expected))
+    assert values.tolist() == [int(v) for _, v in traced]
+    assert len(_polygons(iter([]))[0]) == 0
