@@ -45,7 +45,7 @@ from shapely.geometry.base import BaseGeometry
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, InputFileError
-from fieldseg.labels import check_coordinates_fit_crs, polygonal_part
+from fieldseg.labels import check_coordinates_fit_crs, repaired_polygons
 from fieldseg.object_matching import IOU_THRESHOLDS, ObjectMatches, ObjectOverlaps, object_overlaps
 from fieldseg.raster_metrics import (
     SIZE_BINS_HA,
@@ -69,8 +69,6 @@ EXTENT_SHARE = 0.5
 
 #: Grids larger than this are refused: pixel metrics would take hours; use a coarser grid.
 MAX_GRID_PIXELS = 2_000_000_000
-
-_POLYGONAL = (shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON)
 
 #: Error classes of each field in the ``--errors`` layers and the ``--plot`` map.
 TRUTH_ERRORS = ("tp", "fn", "split", "merged")
@@ -358,14 +356,7 @@ def _to_crs(frame: gpd.GeoDataFrame, crs: object) -> gpd.GeoDataFrame:
 
 def _prepared(frame: gpd.GeoDataFrame, name: str) -> gpd.GeoDataFrame:
     """Valid polygonal geometries with an area, a ``field_id`` and (if any) a float ``score``."""
-    geometries = frame.geometry.to_numpy()
-    present = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
-    fixed = geometries.copy()
-    invalid = present & ~shapely.is_valid(geometries)
-    fixed[invalid] = shapely.make_valid(geometries[invalid])
-    polygons = np.where(present, fixed, None)
-    odd = present & ~np.isin(shapely.get_type_id(fixed), _POLYGONAL)
-    polygons[odd] = [polygonal_part(g) for g in fixed[odd]]  # collections, lines, points
+    polygons, _ = repaired_polygons(frame.geometry.to_numpy())
     keep = shapely.area(polygons) > 0  # None has area NaN
     if "field_id" in frame.columns and pd.api.types.is_integer_dtype(frame["field_id"]):
         ids = frame["field_id"].to_numpy(dtype=np.int64)

@@ -102,18 +102,8 @@ def load_field_labels(
                 f"{option} {column!r} is not a column of {path} (columns: {available or 'none'})"
             )
 
-    geometries = frame.geometry.to_numpy()
-    present = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
-    invalid = present & ~shapely.is_valid(geometries)
-    repaired = geometries.copy()
-    repaired[invalid] = shapely.make_valid(geometries[invalid])
-    polygonal = np.empty(n_read, dtype=object)
-    polygonal[:] = [
-        polygonal_part(g) if ok else None for g, ok in zip(repaired, present, strict=True)
-    ]
-    keep = np.array(
-        [g is not None and not g.is_empty and g.area > 0 for g in polygonal], dtype=bool
-    )
+    polygonal, invalid = repaired_polygons(frame.geometry.to_numpy())
+    keep = shapely.area(polygonal) > 0  # None and empty: NaN or 0
 
     fields = gpd.GeoDataFrame(
         {"field_id": np.arange(1, n_read + 1, dtype=np.int64)[keep]},
@@ -222,6 +212,26 @@ def check_coordinates_fit_crs(frame: gpd.GeoDataFrame, path: str | os.PathLike[s
             "under a "
             f"geographic CRS ({frame.crs.name}): they look projected; set the right CRS"
         )
+
+
+def repaired_polygons(geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Invalid geometries made valid and every geometry cut to its polygons (None where none).
+
+    Returns:
+        The polygonal geometries (object array, None for missing, empty or non-polygonal
+        ones) and which inputs were invalid.
+    """
+    present = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
+    invalid = present & ~shapely.is_valid(geometries)
+    fixed = geometries.copy()
+    fixed[invalid] = shapely.make_valid(geometries[invalid])
+    polygons = np.where(present, fixed, None)
+    odd = present & ~np.isin(shapely.get_type_id(fixed), _POLYGONAL_TYPES)
+    polygons[odd] = [polygonal_part(g) for g in fixed[odd]]  # collections, lines, points
+    return polygons, invalid
+
+
+_POLYGONAL_TYPES = (shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON)
 
 
 def polygonal_part(geometry: BaseGeometry | None) -> BaseGeometry | None:

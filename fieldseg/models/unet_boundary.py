@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from fieldseg.band_statistics import BandStatistics
-from fieldseg.boundary_targets import BOUNDARY, IGNORE_INDEX, INTERIOR, boundary_target
+from fieldseg.boundary_targets import (
+    BOUNDARY,
+    IGNORE_INDEX,
+    INTERIOR,
+    boundary_target,
+    instance_labels,
+)
 from fieldseg.errors import ConfigError
 from fieldseg.instance_extraction import (
     ExtractedFields,
@@ -287,10 +293,7 @@ def _params_tensor(params: ExtractionParams) -> torch.Tensor:
 
 def _truth_labels(target: dict[str, Any]) -> np.ndarray:
     """A chip's truth as a label image; ignored and invalid pixels -1."""
-    masks = target["masks"]
-    labels = np.zeros(masks.shape[-2:], np.int64)
-    for k, mask in enumerate(masks.cpu().numpy().astype(bool), start=1):
-        labels[mask] = k
+    labels = instance_labels(target["masks"]).cpu().numpy()
     unknown = np.zeros(labels.shape, bool)
     if target.get("ignore") is not None:
         unknown |= target["ignore"].cpu().numpy().astype(bool)
