@@ -63,7 +63,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from fieldseg.object_matching import MAJORITY, _greedy_keep
+from fieldseg.object_matching import MAJORITY, _greedy_keep, detection_scores
 
 #: How far (px, chessboard distance) a marker's field may reach past the marker: the width of
 #: the boundary band the model is trained on (1-2 px on each field's inner edge).
@@ -187,22 +187,17 @@ class LabelMatch:
     @property
     def precision(self) -> float:
         """TP / n_predicted; 1 when both sets are empty, 0 when only predictions are."""
-        if self.n_predicted:
-            return self.tp / self.n_predicted
-        return 1.0 if self.n_truth == 0 else 0.0
+        return detection_scores(self.tp, self.n_predicted, self.n_truth)[0]
 
     @property
     def recall(self) -> float:
         """TP / n_truth; 1 when both sets are empty, 0 when only truth is."""
-        if self.n_truth:
-            return self.tp / self.n_truth
-        return 1.0 if self.n_predicted == 0 else 0.0
+        return detection_scores(self.tp, self.n_predicted, self.n_truth)[1]
 
     @property
     def f1(self) -> float:
         """2 TP / (n_predicted + n_truth), the harmonic mean; 1 when both sets are empty."""
-        total = self.n_predicted + self.n_truth
-        return 2 * self.tp / total if total else 1.0
+        return detection_scores(self.tp, self.n_predicted, self.n_truth)[2]
 
     @property
     def merged_rate(self) -> float:

@@ -433,6 +433,13 @@ def _greedy_keep(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return keep
 
 
+def detection_scores(tp: int, n_predicted: int, n_truth: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 of ``tp`` matches by rule 4 (both sets empty: all 1)."""
+    precision = _ratio(tp, n_predicted, both_empty=n_truth == 0)
+    recall = _ratio(tp, n_truth, both_empty=n_predicted == 0)
+    return precision, recall, _f1(tp, n_predicted, n_truth)
+
+
 def _ratio(count: int, total: int, *, both_empty: bool) -> float:
     if total:
         return count / total

@@ -513,3 +513,36 @@ def assert_user_error(result: Result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
     return errors[0]
+
+
+# --------------------------------------------------------------------------------------------
+# an oracle scene for the predict tests: a synthetic scene and its truth id raster
+
+
+class OracleScene:
+    """A synthetic scene, its truth polygons and the truth id raster the oracles read."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.image = root / "scene.tif"
+        self.truth = root / "truth.gpkg"
+        self.ids = root / "ids.tif"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> OracleScene:
+    """A 320 px synthetic scene (seed 3) with its truth id raster, once per test module."""
+    from fieldseg.oracle import write_truth_raster
+    from fieldseg.synthetic import synth
+
+    s = OracleScene(tmp_path_factory.mktemp("oracle_scene"))
+    synth(s.image, s.truth, size=320, seed=3, bands=4, dates=1)
+    write_truth_raster(s.truth, s.image, s.ids)
+    return s
+
+
+def overlapping_pairs(frame: gpd.GeoDataFrame) -> int:
+    """Pairs of output polygons that overlap (share area, not just an edge)."""
+    geometries = frame.geometry.values
+    a, b = shapely.STRtree(geometries).query(geometries, predicate="overlaps")
+    return int((a < b).sum())

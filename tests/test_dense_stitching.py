@@ -11,6 +11,7 @@ import rasterio
 import shapely
 import torch
 from affine import Affine
+from conftest import OracleScene, overlapping_pairs
 from rasterio.crs import CRS
 
 from fieldseg.dense_stitching import DenseBlender, edge_weights
@@ -18,26 +19,9 @@ from fieldseg.errors import ConfigError
 from fieldseg.inference import predict_scene
 from fieldseg.instance_extraction import ExtractionParams, LabelMatch, extract_fields, label_f1
 from fieldseg.object_matching import match_objects
-from fieldseg.oracle import DenseOracleFieldModel, OracleFieldModel, write_truth_raster
+from fieldseg.oracle import DenseOracleFieldModel, OracleFieldModel
 from fieldseg.raster_io import write_geotiff
-from fieldseg.synthetic import synth
 from fieldseg.vector_io import read_vector
-
-
-class Scene:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.image = root / "scene.tif"
-        self.truth = root / "truth.gpkg"
-        self.ids = root / "ids.tif"
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
-    s = Scene(tmp_path_factory.mktemp("dense"))
-    synth(s.image, s.truth, size=320, seed=3, bands=4, dates=1)
-    write_truth_raster(s.truth, s.image, s.ids)
-    return s
 
 
 def _predict(ids: Path, out: Path, model: object, **kwargs: object) -> gpd.GeoDataFrame:
@@ -45,12 +29,6 @@ def _predict(ids: Path, out: Path, model: object, **kwargs: object) -> gpd.GeoDa
     options.update(kwargs)
     predict_scene(ids, model, out, **options)  # type: ignore[arg-type]
     return read_vector(out)
-
-
-def _overlapping_pairs(frame: gpd.GeoDataFrame) -> int:
-    geometries = frame.geometry.values
-    a, b = shapely.STRtree(geometries).query(geometries, predicate="overlaps")
-    return int((a < b).sum())
 
 
 def test_edge_weights_fall_towards_the_chip_edge_and_never_vanish() -> None:
@@ -73,7 +51,7 @@ def _whole_scene_f1(ids_path: Path, model: DenseOracleFieldModel) -> LabelMatch:
 
 @pytest.mark.parametrize(("chip", "overlap"), [(48, 12), (64, 30), (96, 32)])
 def test_blended_seams_cost_nothing_with_exact_maps(
-    scene: Scene, tmp_path: Path, chip: int, overlap: int
+    scene: OracleScene, tmp_path: Path, chip: int, overlap: int
 ) -> None:
     """Streaming blended chips gives the fields of one extraction over the whole scene."""
     truth = gpd.read_file(scene.truth)
@@ -88,13 +66,13 @@ def test_blended_seams_cost_nothing_with_exact_maps(
     # what is left is the representation's limit: fields too thin for an interior (strips of
     # 1-2 px side by side are all boundary) come out together
     assert matches.f1 >= 0.96, matches.metrics()
-    assert _overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
+    assert overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
     assert fields["seam_merged"].any() and (fields["n_chips"] >= 2).any()
     assert fields["model"].unique().tolist() == ["dense_oracle"]
 
 
 def test_blended_seams_cost_at_most_a_point_of_f1_with_noisy_maps(
-    scene: Scene, tmp_path: Path
+    scene: OracleScene, tmp_path: Path
 ) -> None:
     truth = gpd.read_file(scene.truth)
     model = DenseOracleFieldModel(noisy=True, seed=1)
@@ -103,7 +81,7 @@ def test_blended_seams_cost_at_most_a_point_of_f1_with_noisy_maps(
     whole = _whole_scene_f1(scene.ids, DenseOracleFieldModel(noisy=True, seed=1))
     assert matches.f1 >= whole.f1 - 0.01, (matches.metrics(), whole.metrics())
     assert matches.f1 >= 0.88  # measured 0.90: small fields under blur and noise
-    assert _overlapping_pairs(fields) == 0
+    assert overlapping_pairs(fields) == 0
 
 
 def test_one_polygon_for_a_field_spanning_four_chips(tmp_path: Path) -> None:
@@ -152,14 +130,16 @@ def test_fields_taller_than_the_carry_limit_are_cut_not_lost() -> None:
     assert len(batches) >= 2  # cut, as the limit says
 
 
-def test_blend_is_refused_for_instance_models(scene: Scene, tmp_path: Path) -> None:
+def test_blend_is_refused_for_instance_models(scene: OracleScene, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="per-pixel"):
         _predict(scene.ids, tmp_path / "f.gpkg", OracleFieldModel(), seams="blend")
 
 
-def test_dense_models_also_run_through_the_instance_stitcher(scene: Scene, tmp_path: Path) -> None:
+def test_dense_models_also_run_through_the_instance_stitcher(
+    scene: OracleScene, tmp_path: Path
+) -> None:
     truth = gpd.read_file(scene.truth)
     fields = _predict(scene.ids, tmp_path / "f.gpkg", DenseOracleFieldModel(), seams="instances")
     matches = match_objects(fields.geometry.values, truth.geometry.values)
     assert matches.f1 >= 0.96
-    assert _overlapping_pairs(fields) == 0
+    assert overlapping_pairs(fields) == 0

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 import shapely
 import torch
-from conftest import assert_user_error, run
+from conftest import OracleScene, assert_user_error, overlapping_pairs, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio import features
@@ -30,23 +30,7 @@ from fieldseg.synthetic import synth
 from fieldseg.vector_io import read_vector
 
 
-class Scene:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.image = root / "scene.tif"
-        self.truth = root / "truth.gpkg"
-        self.ids = root / "ids.tif"
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
-    s = Scene(tmp_path_factory.mktemp("predict"))
-    synth(s.image, s.truth, size=320, seed=3, bands=4, dates=1)
-    write_truth_raster(s.truth, s.image, s.ids)
-    return s
-
-
-def _predict(scene: Scene, out: Path, **kwargs: object) -> gpd.GeoDataFrame:
+def _predict(scene: OracleScene, out: Path, **kwargs: object) -> gpd.GeoDataFrame:
     options = {"chip_size": 96, "overlap": 32, "show_progress": False, "min_area_m2": 0.0}
     options.update(kwargs)
     model = options.pop("model", OracleFieldModel())
@@ -54,14 +38,8 @@ def _predict(scene: Scene, out: Path, **kwargs: object) -> gpd.GeoDataFrame:
     return read_vector(out, layer="fields" if out.suffix == ".gpkg" else None)
 
 
-def _overlapping_pairs(frame: gpd.GeoDataFrame) -> int:
-    geometries = frame.geometry.values
-    a, b = shapely.STRtree(geometries).query(geometries, predicate="overlaps")
-    return int((a < b).sum())
-
-
 @pytest.mark.parametrize(("chip", "overlap"), [(48, 12), (64, 30), (80, 4)])
-def test_exact_oracle_gives_the_truth_back(scene: Scene, tmp_path: Path, chip: int,
+def test_exact_oracle_gives_the_truth_back(scene: OracleScene, tmp_path: Path, chip: int,
                                            overlap: int) -> None:  # fmt: skip
     truth = gpd.read_file(scene.truth)
     widths = truth.geometry.bounds.eval("maxx - minx") / 10
@@ -70,23 +48,23 @@ def test_exact_oracle_gives_the_truth_back(scene: Scene, tmp_path: Path, chip: i
     matches = match_objects(fields.geometry.values, truth.geometry.values)
     assert matches.f1 >= 0.99 and len(fields) == len(truth)
     assert len(matches.split_truth) == 0 and len(matches.merged_truth) == 0
-    assert _overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
+    assert overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
     assert fields.crs == truth.crs
     assert fields["seam_merged"].any() and (fields["n_chips"] >= 2).any()
 
 
-def test_noisy_oracle_meets_the_targets(scene: Scene, tmp_path: Path) -> None:
+def test_noisy_oracle_meets_the_targets(scene: OracleScene, tmp_path: Path) -> None:
     truth = gpd.read_file(scene.truth)
     fields = _predict(scene, tmp_path / "fields.gpkg", chip_size=128, overlap=32,
                       model=OracleFieldModel(noisy=True, seed=1))  # fmt: skip
     matches = match_objects(fields.geometry.values, truth.geometry.values)
     assert matches.f1 >= 0.95
     assert len(matches.merged_truth) <= 0.01 * len(truth)
-    assert _overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
+    assert overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
     assert fields["score"].between(0.5, 1.0).all()
 
 
-def test_outputs_in_every_format_hold_the_same_fields(scene: Scene, tmp_path: Path) -> None:
+def test_outputs_in_every_format_hold_the_same_fields(scene: OracleScene, tmp_path: Path) -> None:
     frames = {suffix: _predict(scene, tmp_path / f"fields{suffix}")
               for suffix in (".gpkg", ".parquet", ".fgb", ".geojson")}  # fmt: skip
     reference = frames[".gpkg"].sort_values("field_id").reset_index(drop=True)
@@ -123,7 +101,7 @@ def _shared_edges(frame: gpd.GeoDataFrame) -> dict[tuple[int, int], float]:
             for i, j, c in zip(a, b, common, strict=True)}  # fmt: skip
 
 
-def test_simplified_neighbours_keep_sharing_their_edges(scene: Scene, tmp_path: Path) -> None:
+def test_simplified_neighbours_keep_sharing_their_edges(scene: OracleScene, tmp_path: Path) -> None:
     exact = _predict(scene, tmp_path / "exact.gpkg", chip_size=64, overlap=16)
     simple = _predict(scene, tmp_path / "simple.gpkg", chip_size=64, overlap=16, simplify_m=20)
     assert len(simple) == len(exact) and simple.geometry.is_valid.all()
@@ -139,7 +117,7 @@ def test_simplified_neighbours_keep_sharing_their_edges(scene: Scene, tmp_path: 
 
 
 def test_existing_output_is_refused_and_a_failed_run_leaves_nothing(
-    scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    scene: OracleScene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "fields.gpkg"
     out.write_text("mine")
@@ -160,7 +138,7 @@ def test_existing_output_is_refused_and_a_failed_run_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fields.gpkg"]
 
 
-def test_bbox_extent_and_debug_layers(scene: Scene, tmp_path: Path) -> None:
+def test_bbox_extent_and_debug_layers(scene: OracleScene, tmp_path: Path) -> None:
     with rasterio.open(scene.ids) as src:
         left, bottom = src.bounds.left, src.bounds.bottom
     box = (left + 500, bottom + 800, left + 2100, bottom + 2600)
@@ -179,7 +157,7 @@ def test_bbox_extent_and_debug_layers(scene: Scene, tmp_path: Path) -> None:
     assert inside.geometry.within(aoi.buffer(7.1)).all()  # pixel centres inside the AOI
 
 
-def test_a_bbox_takes_every_pixel_whose_centre_may_lie_inside(scene: Scene) -> None:
+def test_a_bbox_takes_every_pixel_whose_centre_may_lie_inside(scene: OracleScene) -> None:
     from fieldseg.inference import _prediction_area
     from fieldseg.raster_io import read_raster_info
 
@@ -202,7 +180,7 @@ def test_nodata_is_never_a_field(tmp_path: Path) -> None:
     profile.update(count=1, dtype="int32", nodata=-1)
     with rasterio.open(tmp_path / "ids_nodata.tif", "w", **profile) as dst:
         dst.write(ids[None])
-    s = Scene(tmp_path)
+    s = OracleScene(tmp_path)
     s.ids = tmp_path / "ids_nodata.tif"
     fields = _predict(s, tmp_path / "fields.gpkg", chip_size=64, overlap=16,
                       model=OracleFieldModel(nodata=-1))  # fmt: skip
@@ -215,7 +193,7 @@ def test_nodata_is_never_a_field(tmp_path: Path) -> None:
     assert len(near) > 0 and len(near) < len(fields)
 
 
-def test_a_scene_in_a_geographic_crs_gives_true_areas(scene: Scene, tmp_path: Path) -> None:
+def test_a_scene_in_a_geographic_crs_gives_true_areas(scene: OracleScene, tmp_path: Path) -> None:
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
     with rasterio.open(scene.ids) as src:
@@ -226,7 +204,7 @@ def test_a_scene_in_a_geographic_crs_gives_true_areas(scene: Scene, tmp_path: Pa
                    "height": height}  # fmt: skip
         with rasterio.open(tmp_path / "ids_4326.tif", "w", **profile) as dst:
             reproject(rasterio.band(src, 1), rasterio.band(dst, 1), resampling=Resampling.nearest)
-    geographic = Scene(tmp_path)
+    geographic = OracleScene(tmp_path)
     geographic.ids = tmp_path / "ids_4326.tif"
     fields = _predict(geographic, tmp_path / "fields.gpkg", chip_size=64, overlap=16,
                       min_area_m2=None)  # fmt: skip
@@ -248,7 +226,7 @@ def test_areas_are_true_metres_in_a_geographic_crs() -> None:
     assert area[0] == 1e6 and perimeter[0] == 4000
 
 
-def test_bad_input_is_one_clear_error(scene: Scene, tmp_path: Path) -> None:
+def test_bad_input_is_one_clear_error(scene: OracleScene, tmp_path: Path) -> None:
     out = tmp_path / "fields.gpkg"
     with pytest.raises(InputFileError, match=r"has 4 bands; the model was trained on 1"):
         predict_scene(scene.image, OracleFieldModel(), out, show_progress=False)

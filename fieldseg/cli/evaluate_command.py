@@ -6,22 +6,14 @@ from pathlib import Path
 
 import click
 
-from fieldseg.cli.options import overwrite_option
+from fieldseg.cli.options import label_extent_option, overwrite_option, sparse_option
 
 
 @click.command()
 @click.argument("predicted", type=click.Path(path_type=Path))
 @click.argument("truth", type=click.Path(path_type=Path))
-@click.option(
-    "--label-extent",
-    type=click.Path(path_type=Path),
-    help="AOI file: the truth is complete inside it; only fields mostly inside count.",
-)
-@click.option(
-    "--sparse",
-    is_flag=True,
-    help="The truth holds only drawn fields: predictions count only where they overlap them.",
-)
+@label_extent_option("AOI file: the truth is complete inside it; only fields mostly inside count.")
+@sparse_option("The truth holds only drawn fields: predictions count only where they overlap them.")
 @click.option(
     "-o", "--output", "report_path", type=click.Path(path_type=Path),
     help="Write the full report as JSON.",

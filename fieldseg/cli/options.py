@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -35,3 +36,13 @@ def comma_separated(
     values = value if isinstance(value, tuple) else (value,)
     items = tuple(item.strip() for v in values for item in v.split(",") if item.strip())
     return items or None
+
+
+def label_extent_option(help_text: str) -> Callable[[F], F]:
+    """``--label-extent AOI``: the labels are complete inside AOI (``tile`` and ``evaluate``)."""
+    return click.option("--label-extent", type=click.Path(path_type=Path), help=help_text)
+
+
+def sparse_option(help_text: str) -> Callable[[F], F]:
+    """``--sparse``: only the drawn fields are labelled (``tile`` and ``evaluate``)."""
+    return click.option("--sparse", is_flag=True, help=help_text)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fieldseg.cli.options import overwrite_option, seed_option
+from fieldseg.cli.options import label_extent_option, overwrite_option, seed_option, sparse_option
 
 
 @click.command()
@@ -35,16 +35,8 @@ from fieldseg.cli.options import overwrite_option, seed_option
     help="Split block side in pixels [default: 4 chips, less on small scenes].",
 )
 @click.option("--class-column", help="Label column whose values become COCO categories.")
-@click.option(
-    "--label-extent",
-    type=click.Path(path_type=Path),
-    help="AOI file: labels are complete inside it; only chips fully inside are kept.",
-)
-@click.option(
-    "--sparse",
-    is_flag=True,
-    help="Only the drawn fields are known: chips go where they are, the rest is ignored.",
-)
+@label_extent_option("AOI file: labels are complete inside it; only chips fully inside are kept.")
+@sparse_option("Only the drawn fields are known: chips go where they are, the rest is ignored.")
 @click.option(
     "--max-nodata",
     default=0.5,
