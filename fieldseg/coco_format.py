@@ -46,12 +46,25 @@ def encode_label_image(
     if len(values) == 0:
         return values, [], np.zeros(0, dtype=np.int64)
     order = np.argsort(values, kind="stable")  # runs grouped by label, in pixel order
-    starts, ends, values = starts[order], ends[order], values[order]
-    first = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-    last = np.r_[first[1:], len(values)] - 1
+    return rles_from_runs(values[order], starts[order], ends[order], height, width)
+
+
+def rles_from_runs(
+    labels: np.ndarray, starts: np.ndarray, ends: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """RLEs of labelled runs of column-major pixels ``[start, end)``, compressed in one call.
+
+    The runs must be grouped by label, each label's runs in pixel order and not touching.
+
+    Returns:
+        The labels (one per group), their RLEs (pycocotools form) and their pixel counts.
+    """
+    n = height * width
+    first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    last = np.r_[first[1:], len(labels)] - 1
     previous_end = np.r_[0, ends[:-1]]
     previous_end[first] = 0
-    counts = np.empty(2 * len(values), dtype=np.int64)
+    counts = np.empty(2 * len(labels), dtype=np.int64)
     counts[0::2] = starts - previous_end  # background before each run
     counts[1::2] = ends - starts  # the run
     counts_list = counts.tolist()
@@ -62,7 +75,7 @@ def encode_label_image(
             run_counts.append(int(n - ends[b]))
         uncompressed.append({"counts": run_counts, "size": [height, width]})
     areas = np.add.reduceat(ends - starts, first).astype(np.int64)
-    return values[first], mask_utils.frPyObjects(uncompressed, height, width), areas
+    return labels[first], mask_utils.frPyObjects(uncompressed, height, width), areas
 
 
 def rle_to_json(rle: dict[str, Any]) -> dict[str, Any]:

@@ -90,7 +90,6 @@ from typing import Any
 import numpy as np
 import shapely
 from affine import Affine
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from rasterio import features
@@ -98,7 +97,7 @@ from rasterio.enums import MergeAlg
 from shapely.geometry.base import BaseGeometry
 
 from fieldseg.coco_evaluation import ALL_AREAS, _average_precision
-from fieldseg.coco_format import encode_label_image
+from fieldseg.coco_format import encode_label_image, rles_from_runs
 from fieldseg.rasterization import geojson_shapes, rasterize_shapes
 
 #: Field size bins in hectares: (lower bound, upper bound, label); a field of area ``a`` is in
@@ -944,23 +943,7 @@ def _encode_pixels(
     start = np.flatnonzero(np.r_[True, (label[1:] != label[:-1]) | (flat[1:] != flat[:-1] + 1)])
     starts = flat[start]
     ends = flat[np.r_[start[1:], len(flat)] - 1] + 1
-    labels = label[start]
-    first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    last = np.r_[first[1:], len(labels)] - 1
-    previous_end = np.r_[0, ends[:-1]]
-    previous_end[first] = 0
-    counts = np.empty(2 * len(labels), dtype=np.int64)
-    counts[0::2] = starts - previous_end  # background before each run
-    counts[1::2] = ends - starts  # the run
-    counts_list, n = counts.tolist(), height * width
-    uncompressed = []
-    for a, b in zip(first.tolist(), last.tolist(), strict=True):
-        run_counts = counts_list[2 * a : 2 * b + 2]
-        if ends[b] < n:
-            run_counts.append(int(n - ends[b]))
-        uncompressed.append({"counts": run_counts, "size": [height, width]})
-    areas = np.add.reduceat(ends - starts, first).astype(np.int64)
-    return labels[first], mask_utils.frPyObjects(uncompressed, height, width), areas
+    return rles_from_runs(label[start], starts, ends, height, width)
 
 
 def _split_by_tile(apart: _Apart, tile_px: int) -> dict[int, _Apart]:

@@ -546,3 +546,27 @@ def overlapping_pairs(frame: gpd.GeoDataFrame) -> int:
     geometries = frame.geometry.values
     a, b = shapely.STRtree(geometries).query(geometries, predicate="overlaps")
     return int((a < b).sum())
+
+
+def two_chip_dataset(root: Path, boxes: Sequence[tuple[int, int, int, int]]) -> Path:
+    """A 4-band 64 x 128 px scene of box fields (c0, r0, c1, r1), tiled into two 64 px chips.
+
+    Each field is brighter than the noisy background, by one of four levels; every chip goes to
+    train. Used by the overfit tests of the model families.
+    """
+    from fieldseg.tiling import tile_scenes
+
+    transform = Affine(10, 0, 500_000, 0, -10, 5_800_000)
+    rng = np.random.default_rng(0)
+    data = rng.normal(800, 40, (4, 64, 128))
+    polygons = []
+    for k, (c0, r0, c1, r1) in enumerate(boxes):
+        data[:, r0:r1, c0:c1] += 600 + 150 * (k % 4)
+        polygons.append(shapely.box(*(transform * (c0, r1)), *(transform * (c1, r0))))
+    write_geotiff(root / "scene.tif", data.clip(0).astype("uint16"), transform=transform,
+                  crs=rasterio.crs.CRS.from_epsg(32633),
+                  band_names=["red", "green", "blue", "nir"])  # fmt: skip
+    gpd.GeoDataFrame(geometry=polygons, crs=32633).to_file(root / "fields.gpkg")
+    tile_scenes([root / "scene.tif"], root / "fields.gpkg", root / "ds",
+                chip_size=64, overlap=0, split="1,0,0")  # fmt: skip
+    return root / "ds"

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import pytest
-import shapely
 import torch
-from affine import Affine
-from rasterio.crs import CRS
+from conftest import two_chip_dataset
 
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.boundary_targets import BACKGROUND, BOUNDARY, IGNORE_INDEX, INTERIOR, boundary_target
@@ -20,9 +17,7 @@ from fieldseg.errors import ConfigError
 from fieldseg.instance_extraction import ExtractionParams, label_f1
 from fieldseg.models import ModelSpec, build_model, model_config
 from fieldseg.models.unet_boundary import UNetBoundaryConfig, UNetBoundaryFieldModel
-from fieldseg.raster_io import write_geotiff
 from fieldseg.run_config import load_run_config
-from fieldseg.tiling import tile_scenes
 
 CPU_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "unet_boundary_r18_cpu.yaml"
 BANDS = ("red", "green", "blue", "nir")
@@ -159,19 +154,7 @@ FIELDS = [(4, 4, 24, 20), (24, 4, 58, 20), (6, 34, 28, 60), (28, 34, 60, 58),
 @pytest.mark.slow
 def test_overfits_two_tiny_chips(tmp_path: Path) -> None:
     """Object F1 >= 0.9 on two chips of touching fields after a short fit."""
-    transform = Affine(10, 0, 500_000, 0, -10, 5_800_000)
-    rng = np.random.default_rng(0)
-    data = rng.normal(800, 40, (4, 64, 128))
-    polygons = []
-    for k, (c0, r0, c1, r1) in enumerate(FIELDS):
-        data[:, r0:r1, c0:c1] += 600 + 150 * (k % 4)
-        polygons.append(shapely.box(*(transform * (c0, r1)), *(transform * (c1, r0))))
-    write_geotiff(tmp_path / "scene.tif", data.clip(0).astype("uint16"), transform=transform,
-                  crs=CRS.from_epsg(32633), band_names=list(BANDS))  # fmt: skip
-    gpd.GeoDataFrame(geometry=polygons, crs=32633).to_file(tmp_path / "fields.gpkg")
-    tile_scenes([tmp_path / "scene.tif"], tmp_path / "fields.gpkg", tmp_path / "ds",
-                chip_size=64, overlap=0, split="1,0,0")  # fmt: skip
-    chips = ChipDataset(tmp_path / "ds", "train")
+    chips = ChipDataset(two_chip_dataset(tmp_path, FIELDS), "train")
     assert len(chips) == 2 and chips.n_instances == 8
 
     torch.manual_seed(0)
