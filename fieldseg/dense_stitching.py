@@ -14,6 +14,10 @@ their rows stay in the band and are extracted again with the next rows, the hand
 pixels left out. A field taller than ``max_carry_rows`` is handed over cut (the limit keeps
 memory bounded; it is several chips tall, so only fields kilometres long are cut).
 
+The blended maps themselves can be handed on as well (``row_sink``, e.g.
+:class:`fieldseg.probability_rasters.ProbabilityRasterWriter` for ``--write-rasters``): each row
+once, in order, as soon as it is final, so they too stream without the scene ever being held.
+
 The output is the same :class:`~fieldseg.stitching.FieldBatch` as the chip-instance stitcher's,
 traced by the same :class:`~fieldseg.field_polygons.FieldTracer`. Attributes: ``score`` from
 the extraction; ``n_chips`` is the number of chips whose footprint meets the field's bounding
@@ -24,12 +28,16 @@ an invalid pixel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from fieldseg.instance_extraction import ExtractionParams, extract_fields
 from fieldseg.stitching import FieldBatch
+
+#: Receives final blended rows: (first area row, extent, boundary, valid), each (rows, width);
+#: extent and boundary are meaningless where valid is False (no chip saw a valid pixel).
+RowSink = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def edge_weights(size: int, ramp: int) -> np.ndarray:
@@ -51,6 +59,8 @@ class DenseBlender:
         chip_rows, chip_cols: the chips' first rows and columns (for ``n_chips``).
         score_threshold: fields scoring less are dropped.
         max_carry_rows: at most this many rows of unfinished fields wait for the next rows.
+        row_sink: called with the blended maps of rows once they are final (each row once, in
+            order), e.g. to write them as rasters.
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class DenseBlender:
         chip_cols: Sequence[int],
         score_threshold: float = 0.0,
         max_carry_rows: int | None = None,
+        row_sink: RowSink | None = None,
     ) -> None:
         self.height, self.width = height, width
         self.chip_size, self.overlap = chip_size, overlap
@@ -73,6 +84,8 @@ class DenseBlender:
         self.chip_rows = np.asarray(chip_rows)
         self.chip_cols = np.asarray(chip_cols)
         self.max_carry_rows = max_carry_rows or 4 * chip_size
+        self.row_sink = row_sink
+        self.rows_sunk = 0  # area rows handed to row_sink (always >= self.top)
         ramp = edge_weights(chip_size, max(overlap // 2, 1))
         self._weights = np.outer(ramp, ramp)
         self.top = 0  # scene row of the band's first row
@@ -127,6 +140,10 @@ class DenseBlender:
         weight = np.maximum(self._weight[:rows], 1e-12)
         extent = np.where(self._weight[:rows] > 0, self._extent[:rows] / weight, 0.0)
         boundary = np.where(self._weight[:rows] > 0, self._boundary[:rows] / weight, 0.0)
+        if self.row_sink is not None and below > self.rows_sunk:
+            first = self.rows_sunk - self.top  # rows before it were sunk with earlier bands
+            self.row_sink(self.rows_sunk, extent[first:], boundary[first:], self._valid[first:rows])
+            self.rows_sunk = below
         valid = self._valid[:rows] & ~self._done[:rows]
         fields = extract_fields(
             extent.astype(np.float32), boundary.astype(np.float32), valid, self.params

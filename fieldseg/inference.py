@@ -5,7 +5,9 @@ chips at a time, runs the model on batches of chips (skipping chips with no data
 chip's instances disjoint (:mod:`fieldseg.chip_resolution`), stitches them across seams
 (:mod:`fieldseg.stitching`), traces finished fields into polygons (:mod:`fieldseg.field_polygons`)
 and appends them to the output (:mod:`fieldseg.field_output`) while the window moves on. Peak
-memory therefore depends on the chip size and the scene width, not on the scene height.
+memory therefore depends on the chip size and the scene width, not on the scene height. With
+``write_rasters`` the blended probability maps of a per-pixel model are written as GeoTIFFs
+(:mod:`fieldseg.probability_rasters`) as they stream by too.
 
 It accepts any :class:`fieldseg.models.FieldModel` (a trained model, or the oracle of
 :mod:`fieldseg.oracle`), or a checkpoint file or run folder.
@@ -13,6 +15,7 @@ It accepts any :class:`fieldseg.models.FieldModel` (a trained model, or the orac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -36,6 +39,7 @@ from fieldseg.errors import ConfigError, InputFileError
 from fieldseg.field_output import FieldWriter
 from fieldseg.field_polygons import FieldTracer
 from fieldseg.models.base import FieldModel
+from fieldseg.probability_rasters import ProbabilityRasterWriter, check_raster_outputs
 from fieldseg.progress import progress
 from fieldseg.raster_io import (
     RasterInfo,
@@ -70,6 +74,8 @@ class PredictSummary:
     n_chips_skipped: int
     area_km2: float
     seconds: dict[str, float] = field(default_factory=dict)
+    #: The probability rasters written (``write_rasters``), by map name.
+    rasters: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +104,7 @@ def predict_scene(
     debug_layers: bool = False,
     show_progress: bool = True,
     seams: str = "auto",
+    write_rasters: str | os.PathLike[str] | None = None,
 ) -> PredictSummary:
     """Find the fields of a scene and write them as polygons.
 
@@ -122,6 +129,11 @@ def predict_scene(
             stitched across seams), ``blend`` (models with per-pixel outputs only: overlapping
             chips' maps blended and fields extracted on the blend), or ``auto`` (``blend``
             where the model can, else ``instances``).
+        write_rasters: a folder (created when missing) to also write the blended probability
+            maps into: ``extent.tif`` and ``boundary.tif``, float32 in [0, 1], NaN where no
+            chip saw a valid pixel, on the predicted area's grid
+            (:mod:`fieldseg.probability_rasters`). Only where chips are blended; other files
+            in the folder are left alone, the two maps are replaced only with ``overwrite``.
 
     Raises:
         FieldsegError: bad input (the message says which and why).
@@ -129,6 +141,8 @@ def predict_scene(
     started = time.perf_counter()
     check_vector_format(output)
     check_output_path(output, overwrite=overwrite, inputs=[scene])
+    if write_rasters is not None:
+        check_raster_outputs(write_rasters, overwrite=overwrite, inputs=(scene,))
     if extent is not None and bbox is not None:
         raise ConfigError("give --extent or --bbox, not both")
     if batch_size < 1:
@@ -149,6 +163,16 @@ def predict_scene(
             "predicts instances only (use --seams instances)"
         )
     blend = seams == "blend" or (seams == "auto" and loaded.model.dense_output)
+    if write_rasters is not None and not blend:
+        reason = (
+            f"{loaded.model.family} predicts instances only"
+            if not loaded.model.dense_output
+            else "--seams instances joins chip instances and blends no maps"
+        )
+        raise ConfigError(
+            f"--write-rasters needs blended per-pixel maps: {reason}; "
+            "use --seams blend with a model that has them"
+        )
     chosen = select_device(device)
     net = loaded.model.to(chosen).eval()
     net.set_score_threshold(score_threshold)
@@ -165,6 +189,24 @@ def predict_scene(
         min_area = MIN_FIELD_PIXELS * pixel_m2 if min_area_m2 is None else min_area_m2
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
+        rasters: ProbabilityRasterWriter | None = None
+        if write_rasters is not None:
+            params = net.extraction_params  # type: ignore[attr-defined]
+            rasters = ProbabilityRasterWriter(
+                write_rasters,
+                crs=info.crs,
+                transform=area_transform,
+                height=height,
+                width=width,
+                overwrite=overwrite,
+                tags={
+                    "model": loaded.name,
+                    "extent_threshold": params.extent_threshold,
+                    "marker_threshold": params.marker_threshold,
+                    "chip_size": chip_size,
+                    "overlap": overlap,
+                },
+            )
         stitcher: SceneStitcher | DenseBlender
         if blend:
             stitcher = DenseBlender(
@@ -176,6 +218,7 @@ def predict_scene(
                 chip_rows=rows,
                 chip_cols=cols,
                 score_threshold=score_threshold,
+                row_sink=None if rasters is None else rasters.write_rows,
             )
         else:
             stitcher = SceneStitcher(height, width, overlap=overlap)
@@ -192,7 +235,11 @@ def predict_scene(
         bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip",
                        show=show_progress)  # fmt: skip
         km2_per_chip = (chip_size - overlap) ** 2 * pixel_m2 / 1e6
-        with bar, FieldWriter(output, info.crs, overwrite=overwrite) as writer:
+        with (
+            bar,
+            FieldWriter(output, info.crs, overwrite=overwrite) as writer,
+            rasters if rasters is not None else contextlib.nullcontext(),
+        ):
             for index, row in enumerate(rows):
                 tick = time.perf_counter()
                 strip = read_window(
@@ -238,6 +285,7 @@ def predict_scene(
         n_chips_skipped=n_skipped,
         area_km2=height * width * pixel_km2,
         seconds={k: round(v, 3) for k, v in timings.items()},
+        rasters=dict(rasters.paths) if rasters is not None else {},
     )
 
 

@@ -246,7 +246,7 @@ def test_cli_help_lists_every_option() -> None:
     assert result.exit_code == 0
     for option in ("--output", "--model", "--chip-size", "--overlap", "--batch-size",
                    "--score-threshold", "--min-area-m2", "--simplify-m", "--extent", "--bbox",
-                   "--device",
+                   "--device", "--seams", "--write-rasters",
                    "--overwrite", "--debug-layers"):  # fmt: skip
         assert option in result.output
 

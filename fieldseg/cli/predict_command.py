@@ -79,6 +79,13 @@ from fieldseg.cli.options import device_option, overwrite_option
     help="Join chips by stitching their instances, or by blending per-pixel maps (U-Net); "
     "auto blends where the model can.",
 )
+@click.option(
+    "--write-rasters",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Also write the blended probability maps into DIR: extent.tif and boundary.tif "
+    "(float32 0-1, NaN nodata; blended seams only).",
+)
 @device_option
 @click.option(
     "--debug-layers",
@@ -99,6 +106,7 @@ def predict(
     extent: Path | None,
     bbox: tuple[float, float, float, float] | None,
     seams: str,
+    write_rasters: Path | None,
     device: str,
     debug_layers: bool,
     overwrite: bool,
@@ -127,9 +135,12 @@ def predict(
         overwrite=overwrite,
         debug_layers=debug_layers,
         seams=seams,
+        write_rasters=write_rasters,
     )
     click.echo(
         f"fields: {summary.output}: {summary.n_fields} fields over {summary.area_km2:.1f} km2 "
         f"({summary.n_chips} chips, {summary.n_chips_skipped} without data) in "
         f"{summary.seconds['total']:.1f} s"
     )
+    if summary.rasters:
+        click.echo(f"probability maps: {', '.join(str(p) for p in summary.rasters.values())}")
