@@ -37,11 +37,24 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    """The learning-rate schedule, stepped once per epoch."""
+    """The learning-rate schedule, stepped once per epoch, after an optional linear warm-up.
+
+    The warm-up counts optimiser steps from the start of the run: the rate climbs linearly from
+    ``warmup_factor`` times the scheduled rate to the scheduled rate over ``warmup_steps``
+    steps (SGD recipes such as YOLACT's need it; Adam recipes usually do not).
+    """
 
     name: Literal["step", "cosine", "constant"] = "step"
     step_size: int = Field(5, ge=1, description="epochs between decays (step)")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step)")
+    warmup_steps: int = Field(0, ge=0, description="optimiser steps of linear warm-up")
+    warmup_factor: float = Field(0.001, gt=0, le=1, description="rate share at the first step")
+
+    def warmup_scale(self, step: int) -> float:
+        """The share of the scheduled rate used at optimiser step ``step`` (0-based)."""
+        if step >= self.warmup_steps:
+            return 1.0
+        return self.warmup_factor + (1 - self.warmup_factor) * step / self.warmup_steps
 
 
 class TrainingConfig(_Strict):

@@ -14,7 +14,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,7 @@ def _train_epoch(
     model.train()
     sums: dict[str, float] = {}
     steps = 0
+    first_step = (epoch - 1) * len(loader)  # optimiser steps before this epoch (warm-up)
     bar = progress(loader, total=len(loader), desc=f"epoch {epoch}", unit="batch",
                    show=ctx.is_main)  # fmt: skip
     for images, targets in bar:
@@ -303,7 +305,8 @@ def _train_epoch(
         if config.training.grad_clip_norm is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip_norm)
-        scaler.step(optimizer)
+        with _warmed_up(optimizer, config.schedule.warmup_scale(first_step + steps)):
+            scaler.step(optimizer)
         scaler.update()
         steps += 1
         for name, value in losses.items():
@@ -314,6 +317,22 @@ def _train_epoch(
             break
     means = {name: value / max(steps, 1) for name, value in sums.items()}
     return means, ctx.any(time.monotonic() > deadline)
+
+
+@contextmanager
+def _warmed_up(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
+    """Scale the learning rates for one step, then give the schedule its own rates back."""
+    if scale >= 1.0:
+        yield
+        return
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+        group["lr"] = lr * scale
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+            group["lr"] = lr
 
 
 @torch.no_grad()

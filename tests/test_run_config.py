@@ -74,3 +74,30 @@ def test_missing_or_broken_files(tmp_path: Path) -> None:
     (tmp_path / "nomodel.yaml").write_text("training:\n  epochs: 2\n")
     with pytest.raises(ConfigError, match="no model section"):
         load_run_config(tmp_path / "nomodel.yaml")
+
+
+def test_warmup_climbs_linearly_to_the_scheduled_rate() -> None:
+    config = load_run_config(CONFIGS / "yolact_r50_fpn.yaml",
+                             ["schedule.warmup_steps=4", "schedule.warmup_factor=0.2"])  # fmt: skip
+    assert [config.schedule.warmup_scale(step) for step in range(6)] == pytest.approx(
+        [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    )
+    assert load_run_config(CONFIGS / "maskrcnn_r18_cpu.yaml").schedule.warmup_scale(0) == 1.0
+
+
+def test_warmup_scales_one_step_and_gives_the_schedule_its_rate_back() -> None:
+    import torch
+
+    from fieldseg.training import _warmed_up
+
+    weight = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1)
+    weight.grad = torch.ones(1)
+    with _warmed_up(optimizer, 0.1):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+        optimizer.step()
+    assert weight.item() == pytest.approx(1 - 0.05)
+    assert optimizer.param_groups[0]["lr"] == 0.5
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)

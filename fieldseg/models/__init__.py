@@ -16,11 +16,13 @@ from fieldseg.errors import ConfigError
 from fieldseg.models.base import ChipPrediction, FieldModel
 from fieldseg.models.maskrcnn import MaskRCNNConfig, MaskRCNNFieldModel
 from fieldseg.models.unet_boundary import UNetBoundaryConfig, UNetBoundaryFieldModel
+from fieldseg.models.yolact import YolactConfig, YolactFieldModel
 
 #: family name -> (config class, model class)
 FAMILIES: dict[str, tuple[type[BaseModel], type[FieldModel]]] = {
     "maskrcnn": (MaskRCNNConfig, MaskRCNNFieldModel),
     "unet_boundary": (UNetBoundaryConfig, UNetBoundaryFieldModel),
+    "yolact": (YolactConfig, YolactFieldModel),
 }
 
 
