@@ -7,7 +7,10 @@ mask AP@0.5 (COCO, the trainer's validation), scene object F1, under-segmentatio
 rate) of truth fields under 1 ha, training chips per second and prediction seconds. Prints a
 table and, last, one JSON line.
 
-    .venv/bin/python benchmarks/models.py [--minutes 10] [--families maskrcnn,unet_boundary]
+    .venv/bin/python benchmarks/models.py [--minutes 10] [--families maskrcnn,unet_boundary,...]
+
+Families are named by their CPU config (``yolact_plus``: YOLACT++). For YOLACT the test scene is
+also predicted with ``suppress_claimed`` off, the same weights, to choose that default.
 
 On two CPU cores this compares learning per CPU minute, not GPU speed.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from fieldseg.checkpoint import load_checkpoint
 from fieldseg.evaluation import EvaluationSettings, evaluate_files
 from fieldseg.inference import predict_scene
 from fieldseg.synthetic import synth
@@ -29,10 +33,12 @@ from fieldseg.tiling import tile_scenes
 from fieldseg.training import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-#: family -> its CPU config
+#: model -> its CPU config
 FAMILY_CONFIGS = {
     "maskrcnn": "maskrcnn_r18_cpu.yaml",
     "unet_boundary": "unet_boundary_r18_cpu.yaml",
+    "yolact": "yolact_r18_cpu.yaml",
+    "yolact_plus": "yolact_plus_r18_cpu.yaml",
 }
 TRAIN_SIZE, TRAIN_SEED = 1024, 7
 TEST_SIZE, TEST_SEED = 1024, 8
@@ -82,6 +88,10 @@ def run_family(
     predict_seconds = time.perf_counter() - started
     report = evaluate_files(fields, truth, settings=EvaluationSettings(mask_ap=False)).report
     small = report["by_size"]["<1 ha"]
+    extra = {}
+    if family.startswith("yolact"):
+        unsuppressed = _without_claim_suppression(run_dir, test_scene, truth, workdir)
+        extra = {"without_claim_suppression": unsuppressed}
     return {
         "epochs": summary.epochs_done,
         "train_seconds": round(train_seconds, 1),
@@ -96,6 +106,24 @@ def run_family(
         "pixel_iou": round(report["pixel"]["pixel_iou"], 4),
         "predict_seconds": round(predict_seconds, 1),
         "n_fields": report["counts"]["n_predicted"],
+        **extra,
+    }
+
+
+def _without_claim_suppression(
+    run_dir: Path, test_scene: Path, truth: Path, workdir: Path
+) -> dict[str, float]:
+    """YOLACT's scene figures with ``suppress_claimed`` switched off, the same weights."""
+    model = load_checkpoint(run_dir).build_model()
+    model.config = model.config.model_copy(update={"suppress_claimed": False})
+    fields = workdir / "models_fields_no_suppression.gpkg"
+    predict_scene(test_scene, model, fields, chip_size=256, overlap=64, device="cpu",
+                  overwrite=True, show_progress=False)  # fmt: skip
+    report = evaluate_files(fields, truth, settings=EvaluationSettings(mask_ap=False)).report
+    return {
+        "scene_object_f1": round(report["object"]["f1"], 4),
+        "scene_merged_rate": round(report["object"]["merged_rate"], 4),
+        "under_segmentation_lt_1ha": report["by_size"]["<1 ha"]["merged_rate"],
     }
 
 
