@@ -58,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 #: Defaults when neither the caller nor the checkpoint says otherwise.
 DEFAULT_CHIP_SIZE = 256
-DEFAULT_SCORE_THRESHOLD = 0.5
 MIN_FIELD_PIXELS = 4
 #: How chips are joined (``predict_scene``'s ``seams``).
 SEAM_MODES = ("auto", "instances", "blend")
@@ -94,7 +93,7 @@ def predict_scene(
     chip_size: int | None = None,
     overlap: int | None = None,
     batch_size: int = 4,
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    score_threshold: float | None = None,
     min_area_m2: float | None = None,
     simplify_m: float = 0.0,
     extent: str | os.PathLike[str] | None = None,
@@ -115,7 +114,9 @@ def predict_scene(
         chip_size: chip side in pixels; default the checkpoint's training chips.
         overlap: overlap of neighbouring chips; default a quarter of a chip.
         batch_size: chips per model call.
-        score_threshold: instances scoring less are dropped.
+        score_threshold: instances scoring less are dropped; default the model's
+            (``FieldModel.default_score_threshold``: 0.5 for instance models, 0 for the U-Net,
+            whose extraction drops fields below its own tuned score floor).
         min_area_m2: fields smaller are dropped; default four pixels.
         simplify_m: simplify the polygons by this tolerance in metres, keeping shared edges
             shared (0: exact pixel edges).
@@ -175,6 +176,8 @@ def predict_scene(
         )
     chosen = select_device(device)
     net = loaded.model.to(chosen).eval()
+    if score_threshold is None:
+        score_threshold = net.default_score_threshold
     net.set_score_threshold(score_threshold)
     timings = dict.fromkeys(("read", "model", "resolve", "stitch", "trace", "write"), 0.0)
 

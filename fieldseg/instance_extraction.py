@@ -18,9 +18,17 @@ Extraction rule (:func:`extract_fields`):
        :data:`MARKER_REACH` px (chessboard distance) from every larger marker: near a larger
        marker it is a speck of that field's edge band, farther away it is the whole interior
        of a small field (a 3 x 3 px field has a one-pixel interior).
-    3. **Unclaimed seeds.** Mask pixels more than :data:`MARKER_REACH` px from every marker
-       cannot be the edge band of any marked field, so they belong to a field whose interior
-       the model missed (small fields at 10 m, where the band on each side eats the interior).
+       With ``marker_depth`` > 0 the markers are instead the peaks of the confident interior's
+       depth: the Euclidean distance of each confident-interior pixel to the nearest pixel
+       outside it, whose regional maxima at least ``marker_depth`` px high
+       (``skimage.morphology.h_maxima``) are the markers, one per 8-connected peak. Two fields
+       whose interiors touch through a neck (the model saw only part of the boundary between
+       them) then get a marker each, where the interior-component rule gives them one.
+    3. **Unclaimed seeds** (with ``unclaimed_seeds``, the default). Mask pixels more than
+       :data:`MARKER_REACH` px from every marker (with depth peaks: from every confident
+       interior that holds one) cannot be the edge band of any marked field, so they belong to
+       a field whose interior the model missed (small fields at 10 m, where the band on each
+       side eats the interior).
        Those with at least half the marker threshold's interior share (``>= marker_threshold
        / 2``) are seeds: their 4-connected components are markers too, whatever their size.
        The half-threshold keeps out the band between two such fields that touch end to end,
@@ -30,9 +38,10 @@ Extraction rule (:func:`extract_fields`):
        marker joins one field, and touching fields meet along the ridge of their boundary band.
     5. **Leftovers.** Mask pixels no marker reaches (a field apart from all others with no
        marker) form fields of their own, one per 4-connected component.
-    6. **Size.** Fields of fewer than ``min_field_pixels`` pixels are dropped (their pixels
-       are left to no field). Fields are numbered 1..K: marker fields in raster order of their
-       marker, then unclaimed seeds, then leftovers. Every field is 4-connected, so it traces
+    6. **Size and score.** Fields of fewer than ``min_field_pixels`` pixels, or scoring less
+       than ``min_score``, are dropped (their pixels are left to no field). Fields are
+       numbered 1..K: marker fields in raster order of their marker, then unclaimed seeds,
+       then leftovers. Every field is 4-connected, so it traces
        to one polygon.
 
 Score of a field (:attr:`ExtractedFields.scores`, in [0, 1]):
@@ -61,6 +70,7 @@ from types import MappingProxyType
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from fieldseg.object_matching import MAJORITY, _greedy_keep, detection_scores
@@ -78,6 +88,7 @@ DEFAULT_GRID: Mapping[str, tuple[float, ...]] = MappingProxyType(
 )
 
 _FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)
+_EIGHT_CONNECTED = ndi.generate_binary_structure(2, 2)
 
 
 @dataclass(frozen=True)
@@ -91,15 +102,24 @@ class ExtractionParams:
         min_marker_pixels: smaller components of confident interior are markers only where
             they reach beyond the band of every larger one.
         min_field_pixels: smaller fields are dropped.
+        marker_depth: 0, markers are the components of confident interior; > 0, they are the
+            peaks of its depth at least this high, in pixels (module docstring, step 2).
+        unclaimed_seeds: seed fields where no marker reaches (step 3). It finds the small
+            fields of sharp maps; on a real model's softer maps it mostly adds false fields,
+            so calibration decides.
+        min_score: fields scoring less are dropped (step 6).
     """
 
     extent_threshold: float = 0.5
     marker_threshold: float = 0.5
     min_marker_pixels: int = 2
     min_field_pixels: int = 4
+    marker_depth: float = 0.0
+    unclaimed_seeds: bool = True
+    min_score: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("extent_threshold", "marker_threshold"):
+        for name in ("extent_threshold", "marker_threshold", "min_score"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
@@ -110,6 +130,11 @@ class ExtractionParams:
             object.__setattr__(self, name, int(value))
         object.__setattr__(self, "extent_threshold", float(self.extent_threshold))
         object.__setattr__(self, "marker_threshold", float(self.marker_threshold))
+        if not self.marker_depth >= 0.0:
+            raise ValueError(f"marker_depth must be >= 0, got {self.marker_depth!r}")
+        object.__setattr__(self, "marker_depth", float(self.marker_depth))
+        object.__setattr__(self, "unclaimed_seeds", bool(self.unclaimed_seeds))
+        object.__setattr__(self, "min_score", float(self.min_score))
 
     def to_dict(self) -> dict[str, float]:
         """The parameters as plain floats (for checkpoints and JSON)."""
@@ -313,18 +338,58 @@ def extract_fields(
 
 def _extract(maps: _Maps, params: ExtractionParams) -> ExtractedFields:
     mask = maps.usable & (maps.extent >= params.extent_threshold)
-    markers = _markers(mask, maps.share, params.marker_threshold, params.min_marker_pixels)
+    markers = _markers(mask, maps.share, params)
     labels = _flood(maps.boundary, markers, mask)
     leftover = mask & (labels == 0)
     if leftover.any():
         pieces, _ = ndi.label(leftover, structure=_FOUR_CONNECTED)
         labels = np.where(pieces > 0, pieces + labels.max(), labels)
-    return _finish(labels, maps, params.min_field_pixels)
+    return scoring_at_least(_finish(labels, maps, params.min_field_pixels), params.min_score)
 
 
-def _markers(mask: np.ndarray, share: np.ndarray, threshold: float, min_pixels: int) -> np.ndarray:
-    """Marker image (0: none) from confident-interior components and unclaimed areas."""
-    components, n = ndi.label(mask & (share >= threshold), structure=_FOUR_CONNECTED)
+def scoring_at_least(found: ExtractedFields, min_score: float) -> ExtractedFields:
+    """The fields scoring at least ``min_score``, renumbered 1..K in their order."""
+    keep = found.scores >= min_score
+    if keep.all():
+        return found
+    new_id = np.r_[0, np.cumsum(keep) * keep].astype(np.int32)
+    return ExtractedFields(
+        labels=new_id[found.labels],
+        scores=found.scores[keep],
+        pixel_counts=found.pixel_counts[keep],
+        mean_extent=found.mean_extent[keep],
+        core_boundary=found.core_boundary[keep],
+    )
+
+
+def _markers(mask: np.ndarray, share: np.ndarray, params: ExtractionParams) -> np.ndarray:
+    """Marker image (0: none): confident interior (components or depth peaks), then seeds."""
+    threshold = params.marker_threshold
+    interior = mask & (share >= threshold)
+    if params.marker_depth > 0:
+        markers, n = _depth_peaks(interior, params.marker_depth)
+        # the band of a marked field lies along its confident interior, not its peak
+        components, _ = ndi.label(interior, structure=_FOUR_CONNECTED)
+        marked = np.zeros(components.max() + 1, bool)
+        marked[components[markers > 0]] = True
+        marked[0] = False
+        far = _beyond_reach(marked[components])
+    else:
+        markers, n, far = _interior_components(interior, params.min_marker_pixels)
+    if not params.unclaimed_seeds:
+        return markers
+    unclaimed = mask & far & (share >= threshold / 2)
+    unclaimed, n_unclaimed = ndi.label(unclaimed, structure=_FOUR_CONNECTED)
+    if n_unclaimed:
+        markers = np.where(unclaimed > 0, unclaimed + n, markers)
+    return markers
+
+
+def _interior_components(
+    interior: np.ndarray, min_pixels: int
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Markers from confident-interior components; their count and the pixels beyond reach."""
+    components, n = ndi.label(interior, structure=_FOUR_CONNECTED)
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     large = sizes >= min_pixels
     large[0] = False
@@ -337,11 +402,17 @@ def _markers(mask: np.ndarray, share: np.ndarray, threshold: float, min_pixels: 
     markers = np.where(keep[components], components, 0)
     if not np.array_equal(keep, large):
         far = _beyond_reach(markers > 0)
-    unclaimed = mask & far & (share >= threshold / 2)
-    unclaimed, n_unclaimed = ndi.label(unclaimed, structure=_FOUR_CONNECTED)
-    if n_unclaimed:
-        markers = np.where(unclaimed > 0, unclaimed + n, markers)
-    return markers
+    return markers, n, far
+
+
+def _depth_peaks(interior: np.ndarray, depth: float) -> tuple[np.ndarray, int]:
+    """Markers at the peaks of the interior's depth at least ``depth`` px high; their count."""
+    if not interior.any():
+        return np.zeros(interior.shape, np.int32), 0
+    distance = ndi.distance_transform_edt(interior)
+    peaks = h_maxima(distance, depth).astype(bool) & interior
+    markers, n = ndi.label(peaks, structure=_EIGHT_CONNECTED)
+    return markers, n
 
 
 def _flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -611,14 +682,22 @@ def tune_params(
         maps = _prepare_maps(extent, boundary, valid)
         prepared.append((maps, _prepare_truth(truth_labels, ~maps.usable)))
 
+    # fields are extracted once per combination of the other parameters; each min_score only
+    # drops fields from them (the same result as extracting with it, far cheaper)
+    min_scores = grid.get("min_score", (base.min_score,))
+    others = [name for name in names if name != "min_score"]
     best: tuple[float, float, ExtractionParams] | None = None  # (-F1, distance, params)
-    for values in itertools.product(*(grid[name] for name in names)):
-        params = replace(base, **dict(zip(names, values, strict=True)))
-        pooled = LabelMatch.pooled(
-            _match(_extract(maps, params).labels, truth, iou_threshold) for maps, truth in prepared
-        )
-        distance = sum(abs(getattr(params, n) - getattr(base, n)) for n in names)
-        if best is None or (-pooled.f1, distance) < best[:2]:
-            best = (-pooled.f1, distance, params)
+    for values in itertools.product(*(grid[name] for name in others)):
+        extracted_with = replace(base, **dict(zip(others, values, strict=True)), min_score=0.0)
+        found = [_extract(maps, extracted_with) for maps, _ in prepared]
+        for min_score in min_scores:
+            params = replace(extracted_with, min_score=min_score)
+            pooled = LabelMatch.pooled(
+                _match(scoring_at_least(f, min_score).labels, truth, iou_threshold)
+                for f, (_, truth) in zip(found, prepared, strict=True)
+            )
+            distance = sum(abs(getattr(params, n) - getattr(base, n)) for n in names)
+            if best is None or (-pooled.f1, distance) < best[:2]:
+                best = (-pooled.f1, distance, params)
     assert best is not None
     return best[2], -best[0]

@@ -217,6 +217,60 @@ def test_leftover_field_without_marker() -> None:
     assert _same_partition(found.labels, truth)
 
 
+def test_depth_peaks_part_fields_joined_by_a_neck_of_missed_boundary() -> None:
+    """Two 12 x 12 fields side by side whose shared boundary the model saw only at its ends:
+    their interiors touch through a 4 px neck. One interior component, so one field by the
+    component rule; two depth peaks, so two fields by the depth rule."""
+    truth = np.zeros((14, 26), dtype=np.int32)
+    truth[1:13, 1:13] = 1
+    truth[1:13, 13:25] = 2
+    extent, boundary = _ideal_maps(truth)
+    boundary[5:9, 12:14] = 0.0  # the middle of the shared boundary is missed
+    assert extract_fields(extent, boundary).n_fields == 1
+    found = extract_fields(extent, boundary, params=ExtractionParams(marker_depth=1.0))
+    assert found.n_fields == 2
+    match = label_f1(found.labels, truth)
+    assert (match.tp, match.n_merged_truth) == (2, 0)
+    # one field with a ridge of equal depth (a long strip) keeps one marker
+    strip = np.zeros((6, 40), dtype=np.int32)
+    strip[1:5, 1:39] = 1
+    depth = ExtractionParams(marker_depth=1.0)
+    assert extract_fields(*_ideal_maps(strip), params=depth).n_fields == 1
+
+
+def test_without_unclaimed_seeds_an_unmarked_area_is_one_field() -> None:
+    """The 3 x 3 field seen as all boundary of test_small_fields_whose_interior_is_all_boundary:
+    without seeds its centre is not a marker, so the neighbours' flood takes it."""
+    truth = np.zeros((9, 17), dtype=np.int32)
+    truth[:, :7] = 1
+    truth[3:6, 7:10] = 2
+    truth[:3, 7:10] = 4
+    truth[6:, 7:10] = 5
+    truth[:, 10:] = 3
+    extent, boundary = _ideal_maps(truth)
+    boundary[truth == 2] = 1.0
+    boundary[4, 8] = 0.7
+    assert extract_fields(extent, boundary).n_fields == 5
+    no_seeds = ExtractionParams(unclaimed_seeds=False)
+    assert extract_fields(extent, boundary, params=no_seeds).n_fields == 4
+
+
+def test_min_score_drops_weak_fields_and_renumbers() -> None:
+    truth = np.zeros((10, 30), dtype=np.int32)
+    truth[1:9, 1:9], truth[1:9, 11:19], truth[1:9, 21:29] = 1, 2, 3
+    extent, boundary = _ideal_maps(truth)
+    extent[truth == 2] *= 0.4  # a doubtful field in the middle
+    every = extract_fields(extent, boundary, params=ExtractionParams(extent_threshold=0.3))
+    assert every.n_fields == 3 and every.scores[1] < 0.5 < min(every.scores[0], every.scores[2])
+    strong = extract_fields(
+        extent, boundary, params=ExtractionParams(extent_threshold=0.3, min_score=0.5)
+    )
+    assert strong.n_fields == 2 and sorted(np.unique(strong.labels).tolist()) == [0, 1, 2]
+    assert (strong.labels[truth == 2] == 0).all() and strong.scores.tolist() == pytest.approx(
+        every.scores[[0, 2]].tolist()
+    )
+
+
 def test_fields_are_numbered_consecutively_and_empty_maps_give_nothing() -> None:
     truth = np.pad(_grid([4, 5], reps=2), 2)
     found = extract_fields(*_ideal_maps(truth))
@@ -310,7 +364,7 @@ def test_flood_equals_plain_watershed() -> None:
     share = np.clip(extent - boundary, 0, None) / np.maximum(extent, 1e-6)
     for extent_threshold, marker_threshold in ((0.5, 0.5), (0.3, 0.8), (0.6, 0.3)):
         mask = extent >= extent_threshold
-        markers = _markers(mask, share, marker_threshold, 2)
+        markers = _markers(mask, share, ExtractionParams(marker_threshold=marker_threshold))
         expected = watershed(elevation, markers, mask=mask, connectivity=1)
         np.testing.assert_array_equal(_flood(elevation, markers, mask), expected)
 
@@ -518,6 +572,22 @@ def test_tune_params_finds_the_marker_threshold_a_case_needs() -> None:
     params, f1 = tune_params(samples, grid, base=ExtractionParams(marker_threshold=0.9))
     assert f1 == 1.0
     assert params == ExtractionParams(marker_threshold=0.6)  # of 0.6 and 0.5, nearer 0.9
+
+
+def test_tune_params_tries_score_floors_as_extraction_with_them_would() -> None:
+    """A false field scoring low: the tuned floor drops it, with the F1 that extracting with
+    that floor gives."""
+    truth = np.zeros((10, 30), dtype=np.int32)
+    truth[1:9, 1:9], truth[1:9, 21:29] = 1, 3
+    extent, boundary = _ideal_maps(truth)
+    extent[1:9, 11:19] = 0.45  # a weak blob where there is no field
+    grid = {"extent_threshold": (0.4,), "min_score": (0.0, 0.2, 0.5)}
+    params, f1 = tune_params([(extent, boundary, None, truth)], grid)
+    assert params.min_score == 0.5 and f1 == 1.0
+    direct = label_f1(extract_fields(extent, boundary, params=params).labels, truth)
+    assert direct.f1 == f1
+    no_floor = {"min_score": (0.0,), "extent_threshold": (0.4,)}
+    assert tune_params([(extent, boundary, None, truth)], no_floor)[1] == pytest.approx(0.8)
 
 
 def test_tune_params_pools_chips_and_scores_only_valid_pixels() -> None:

@@ -124,12 +124,24 @@ def test_only_one_category_and_no_coco_weights() -> None:
 
 def test_extraction_thresholds_travel_in_the_state_dict() -> None:
     model = _model()
-    tuned = ExtractionParams(extent_threshold=0.35, marker_threshold=0.45)
+    tuned = ExtractionParams(extent_threshold=0.35, marker_threshold=0.45, marker_depth=1.0,
+                             unclaimed_seeds=False, min_score=0.2)  # fmt: skip
     model.extraction_params = tuned
     copy = _model()
     copy.load_state_dict(model.state_dict())
-    assert copy.extraction_params.extent_threshold == pytest.approx(0.35)
-    assert copy.extraction_params.marker_threshold == pytest.approx(0.45)
+    assert copy.extraction_params == tuned
+    assert copy.default_score_threshold == 0.0  # the extraction's own floor decides
+
+
+def test_checkpoints_from_before_the_depth_rule_keep_their_rule() -> None:
+    """An ``extraction`` buffer of the first four settings loads with the rule it was tuned
+    for: component markers, unclaimed seeds, no score floor."""
+    state = _model().state_dict()
+    state["extraction"] = torch.tensor([0.35, 0.45, 2.0, 4.0], dtype=torch.float64)
+    copy = _model()
+    copy.load_state_dict(state)
+    assert copy.extraction_params == ExtractionParams(extent_threshold=0.35,
+                                                      marker_threshold=0.45)  # fmt: skip
 
 
 def test_cpu_config_builds_through_the_family_registry() -> None:

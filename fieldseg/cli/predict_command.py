@@ -43,9 +43,9 @@ from fieldseg.cli.options import device_option, overwrite_option
 @click.option(
     "--score-threshold",
     type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Drop instances scoring less.",
+    default=None,
+    help="Drop fields scoring less [default: the model's: 0.5 for instance models, none for "
+    "the U-Net, whose own score floor is tuned on val].",
 )
 @click.option(
     "--min-area-m2",
@@ -100,7 +100,7 @@ def predict(
     chip_size: int | None,
     overlap: int | None,
     batch_size: int,
-    score_threshold: float,
+    score_threshold: float | None,
     min_area_m2: float | None,
     simplify_m: float,
     extent: Path | None,

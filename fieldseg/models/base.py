@@ -132,6 +132,15 @@ class FieldModel(nn.Module, ABC):
         """
         return {}
 
+    @property
+    def default_score_threshold(self) -> float:
+        """The score below which ``predict`` drops fields unless told otherwise.
+
+        0.5 for instance models; a family that already drops weak fields by a setting tuned on
+        val says 0.
+        """
+        return 0.5
+
     def set_score_threshold(self, score: float) -> None:
         """Let the model drop instances scoring below ``score`` early.
 
