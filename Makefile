@@ -7,7 +7,7 @@ FIELDSEG := $(VENV)/bin/fieldseg
 DEMO_DIR ?= demo-output
 DEMO_SEED ?= 7
 DEMO_TEST_SEED ?= 8
-DEMO_MINUTES ?= 7
+DEMO_MINUTES ?= 12
 DEMO_CONFIG ?= configs/unet_boundary_r18_cpu.yaml
 PYTEST_ARGS ?=
 

@@ -289,6 +289,22 @@ def test_config_errors_are_clear() -> None:
         model_config({"family": "yolact", "prototype_stride": 3})
 
 
+def test_offline_imagenet_weights_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    import torchvision.models._api as weights_api
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+    with pytest.raises(ConfigError, match=r"--pretrained none.*--weights PATH"):
+        YolactFieldModel(TINY, BANDS, _statistics(), None, chip_size=64, num_classes=1,
+                         pretrained="imagenet")  # fmt: skip
+
+
 def test_checkpoint_round_trip_gives_the_same_predictions(tmp_path: Path) -> None:
     config = load_run_config(CONFIGS / "yolact_r18_cpu.yaml", ["model.score_threshold=0"])
     spec = ModelSpec(bands=BANDS, statistics=tuple(_statistics()), nodata=None, chip_size=64,
