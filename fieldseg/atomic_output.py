@@ -12,8 +12,10 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from types import TracebackType
 
 from fieldseg.errors import FieldsegError, OutputExistsError
 
@@ -171,3 +173,25 @@ def atomic_directory(
                 _remove(old)
         finally:
             _remove(tmp)
+
+
+def finish_then_exit(
+    atomic: AbstractContextManager[object],
+    finish: Callable[[], None],
+    kind: type[BaseException] | None,
+    error: BaseException | None,
+    traceback: TracebackType | None,
+) -> bool | None:
+    """The ``__exit__`` of a writer over atomic outputs: ``finish`` the files, then commit.
+
+    On success ``finish`` runs first (closing datasets, writing indexes); should it fail, the
+    atomic outputs are rolled back with its error, which is raised. On an error in the ``with``
+    block they are rolled back without finishing.
+    """
+    if kind is None:
+        try:
+            finish()
+        except BaseException as exc:  # the atomic outputs clean up, then it is raised
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+    return atomic.__exit__(kind, error, traceback)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pyogrio
 from pyproj import CRS
 
-from fieldseg.atomic_output import atomic_file
+from fieldseg.atomic_output import atomic_file, finish_then_exit
 from fieldseg.field_polygons import empty_fields
 from fieldseg.vector_io import VECTOR_DRIVERS, check_vector_format
 
@@ -92,13 +92,7 @@ class FieldWriter:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        if kind is None:
-            try:
-                self._finish()
-            except BaseException as exc:  # the atomic writer cleans up, then it is raised
-                self._atomic.__exit__(type(exc), exc, exc.__traceback__)
-                raise
-        return self._atomic.__exit__(kind, error, traceback)
+        return finish_then_exit(self._atomic, self._finish, kind, error, traceback)
 
     def _finish(self) -> None:
         assert self._staging is not None and self._tmp is not None

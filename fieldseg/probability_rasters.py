@@ -42,7 +42,12 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from fieldseg.atomic_output import OutputPathError, atomic_file, check_output_path
+from fieldseg.atomic_output import (
+    OutputPathError,
+    atomic_file,
+    check_output_path,
+    finish_then_exit,
+)
 
 #: The maps written, in order: file ``DIR/<name>.tif`` with one band.
 MAP_NAMES = ("extent", "boundary")
@@ -169,13 +174,7 @@ class ProbabilityRasterWriter:
         traceback: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None
-        if kind is None:
-            try:
-                self._finish()
-            except BaseException as exc:  # the atomic writers clean up, then it is raised
-                self._stack.__exit__(type(exc), exc, exc.__traceback__)
-                raise
-        return self._stack.__exit__(kind, error, traceback)
+        return finish_then_exit(self._stack, self._finish, kind, error, traceback)
 
     # ---------------------------------------------------------------------------------------
 

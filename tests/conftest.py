@@ -570,3 +570,53 @@ def two_chip_dataset(root: Path, boxes: Sequence[tuple[int, int, int, int]]) -> 
     tile_scenes([root / "scene.tif"], root / "fields.gpkg", root / "ds",
                 chip_size=64, overlap=0, split="1,0,0")  # fmt: skip
     return root / "ds"
+
+
+def fit_two_chips(
+    root: Path,
+    boxes: Sequence[tuple[int, int, int, int]],
+    config: Path,
+    *,
+    steps: int,
+    lr: float,
+) -> tuple[Any, Any, list[Any], list[dict[str, Any]]]:
+    """The config's model fitted with Adam to both chips of ``two_chip_dataset(root, boxes)``.
+
+    Returns the model, the chips (a ChipDataset), and the batch it was fitted on. Used by the
+    overfit tests of the model families.
+    """
+    import torch
+
+    from fieldseg.chip_dataset import ChipDataset, collate_chips
+    from fieldseg.dataset_description import DatasetDescription
+    from fieldseg.models import ModelSpec, build_model, model_config
+    from fieldseg.run_config import load_run_config
+
+    chips = ChipDataset(two_chip_dataset(root, boxes), "train")
+    torch.manual_seed(0)
+    spec = ModelSpec.from_description(DatasetDescription.load(root / "ds"))
+    model = build_model(model_config(load_run_config(config).model), spec)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    images, targets = collate_chips([chips[0], chips[1]])
+    for _ in range(steps):
+        loss = sum(model.training_step(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model, chips, images, targets
+
+
+@pytest.fixture
+def offline_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network and no cached weights: every download of pretrained weights fails."""
+    import urllib.error
+
+    import torch
+    import torchvision.models._api as weights_api
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")

@@ -175,11 +175,8 @@ def test_grid_of_small_touching_fields_is_exact(sides: list[int], width: int) ->
     assert _same_partition(found.labels, truth)
 
 
-def test_small_fields_whose_interior_is_all_boundary() -> None:
-    """A 3 x 3 field that the model sees as nearly all boundary (interior share 0.3 at its
-    centre, below the marker threshold), between touching fields: its centre lies beyond the
-    reach of the neighbours' markers, so it seeds a field of its own. (Its corners tie with
-    the neighbours' bands on these flat maps, so the match is by IoU.)"""
+def _all_boundary_small_field() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth and maps of a 3 x 3 field (id 2) seen as nearly all boundary, amid 4 neighbours."""
     truth = np.zeros((9, 17), dtype=np.int32)
     truth[:, :7] = 1
     truth[3:6, 7:10] = 2
@@ -189,6 +186,15 @@ def test_small_fields_whose_interior_is_all_boundary() -> None:
     extent, boundary = _ideal_maps(truth)
     boundary[truth == 2] = 1.0  # no confident interior left in field 2
     boundary[4, 8] = 0.7
+    return truth, extent, boundary
+
+
+def test_small_fields_whose_interior_is_all_boundary() -> None:
+    """A 3 x 3 field that the model sees as nearly all boundary (interior share 0.3 at its
+    centre, below the marker threshold), between touching fields: its centre lies beyond the
+    reach of the neighbours' markers, so it seeds a field of its own. (Its corners tie with
+    the neighbours' bands on these flat maps, so the match is by IoU.)"""
+    truth, extent, boundary = _all_boundary_small_field()
     found = extract_fields(extent, boundary)
     assert found.n_fields == 5
     match = label_f1(found.labels, truth)
@@ -241,15 +247,7 @@ def test_depth_peaks_part_fields_joined_by_a_neck_of_missed_boundary() -> None:
 def test_without_unclaimed_seeds_an_unmarked_area_is_one_field() -> None:
     """The 3 x 3 field seen as all boundary of test_small_fields_whose_interior_is_all_boundary:
     without seeds its centre is not a marker, so the neighbours' flood takes it."""
-    truth = np.zeros((9, 17), dtype=np.int32)
-    truth[:, :7] = 1
-    truth[3:6, 7:10] = 2
-    truth[:3, 7:10] = 4
-    truth[6:, 7:10] = 5
-    truth[:, 10:] = 3
-    extent, boundary = _ideal_maps(truth)
-    boundary[truth == 2] = 1.0
-    boundary[4, 8] = 0.7
+    _, extent, boundary = _all_boundary_small_field()
     assert extract_fields(extent, boundary).n_fields == 5
     no_seeds = ExtractionParams(unclaimed_seeds=False)
     assert extract_fields(extent, boundary, params=no_seeds).n_fields == 4

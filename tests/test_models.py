@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -123,15 +122,8 @@ def test_touches_edge() -> None:
     assert touches_edge(torch.zeros((0, 8, 8))).shape == (0,)
 
 
-def test_offline_pretrained_weights_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torchvision.models._api as weights_api
-
-    def offline(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+@pytest.mark.usefixtures("offline_weights")
+def test_offline_pretrained_weights_are_one_clear_error() -> None:
     config = MaskRCNNConfig(backbone="resnet18")
     with pytest.raises(ConfigError, match=r"--pretrained none.*--weights PATH"):
         MaskRCNNFieldModel(config, BANDS, _stats(), 0, chip_size=64, num_classes=1,

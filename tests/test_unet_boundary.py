@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import two_chip_dataset
+from conftest import fit_two_chips
 
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.boundary_targets import BACKGROUND, BOUNDARY, IGNORE_INDEX, INTERIOR, boundary_target
-from fieldseg.chip_dataset import ChipDataset, collate_chips
-from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError
 from fieldseg.instance_extraction import ExtractionParams, label_f1
 from fieldseg.models import ModelSpec, build_model, model_config
@@ -166,20 +164,8 @@ FIELDS = [(4, 4, 24, 20), (24, 4, 58, 20), (6, 34, 28, 60), (28, 34, 60, 58),
 @pytest.mark.slow
 def test_overfits_two_tiny_chips(tmp_path: Path) -> None:
     """Object F1 >= 0.9 on two chips of touching fields after a short fit."""
-    chips = ChipDataset(two_chip_dataset(tmp_path, FIELDS), "train")
+    model, chips, images, targets = fit_two_chips(tmp_path, FIELDS, CPU_CONFIG, steps=60, lr=3e-3)
     assert len(chips) == 2 and chips.n_instances == 8
-
-    torch.manual_seed(0)
-    config = load_run_config(CPU_CONFIG)
-    spec = ModelSpec.from_description(DatasetDescription.load(tmp_path / "ds"))
-    model = build_model(model_config(config.model), spec)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    images, targets = collate_chips([chips[0], chips[1]])
-    for _ in range(60):
-        loss = sum(model.training_step(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
     tuned = model.calibrate(chips)
     predictions = model.predict(images)
     tp = n_pred = n_true = 0

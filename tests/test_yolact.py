@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_dataset, two_chip_dataset
+from conftest import fit_two_chips, make_tiny_dataset
 
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.checkpoint import load_checkpoint, save_checkpoint
-from fieldseg.chip_dataset import ChipDataset, collate_chips
 from fieldseg.coco_evaluation import evaluate_chip_predictions
-from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError
 from fieldseg.models import ModelSpec, build_model, model_config
 from fieldseg.models.deformable import DeformableConv2d
@@ -289,17 +287,8 @@ def test_config_errors_are_clear() -> None:
         model_config({"family": "yolact", "prototype_stride": 3})
 
 
-def test_offline_imagenet_weights_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import urllib.error
-
-    import torchvision.models._api as weights_api
-
-    def offline(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+@pytest.mark.usefixtures("offline_weights")
+def test_offline_imagenet_weights_are_one_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"--pretrained none.*--weights PATH"):
         YolactFieldModel(TINY, BANDS, _statistics(), None, chip_size=64, num_classes=1,
                          pretrained="imagenet")  # fmt: skip
@@ -329,18 +318,8 @@ FIELDS = [(4, 4, 24, 20), (30, 6, 58, 26), (6, 34, 28, 60), (36, 36, 60, 58),
 @pytest.mark.slow
 def test_cpu_config_overfits_two_tiny_chips(tmp_path: Path) -> None:
     """Mask AP@0.5 >= 0.9 on two chips of eight fields after a short fit."""
-    chips = ChipDataset(two_chip_dataset(tmp_path, FIELDS), "train")
-    torch.manual_seed(0)
-    config = load_run_config(CONFIGS / "yolact_r18_cpu.yaml")
-    spec = ModelSpec.from_description(DatasetDescription.load(tmp_path / "ds"))
-    model = build_model(model_config(config.model), spec)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images, targets = collate_chips([chips[0], chips[1]])
-    for _ in range(40):
-        loss = sum(model.training_step(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    config = CONFIGS / "yolact_r18_cpu.yaml"
+    model, chips, images, targets = fit_two_chips(tmp_path, FIELDS, config, steps=40, lr=1e-3)
     predictions = dict(zip([t["image_id"] for t in targets], model.predict(images), strict=True))
     metrics = evaluate_chip_predictions(chips.coco_document, predictions)
     assert metrics["segm_AP50"] >= 0.9, metrics
