@@ -126,12 +126,6 @@ def _train(
         raise ConfigError(
             f"the config is for bands {config.bands}; the dataset has {list(spec.bands)}"
         )
-    ctx.barrier()  # every process has checked before the main one changes anything
-    if ctx.is_main:
-        if resumed is None:
-            _clear_run_dir(run_dir)
-        save_run_config(config, run_dir / CONFIG_FILE)
-    ctx.barrier()
     resolved = config.resolved()
 
     torch.manual_seed(config.training.seed)
@@ -152,6 +146,14 @@ def _train(
     if weights is not None and resumed is None:
         loaded, total = load_weights_file(model, weights, spec.bands)
         logger.info("loaded %d of %d tensors from %s", loaded, total, weights)
+    # every process has checked its input (data, model, weights) before the main one writes
+    # anything, so a mistake leaves no run folder behind to block the next try
+    ctx.barrier()
+    if ctx.is_main:
+        if resumed is None:
+            _clear_run_dir(run_dir)
+        save_run_config(config, run_dir / CONFIG_FILE)
+    ctx.barrier()
     model.to(chosen)
     optimizer = _optimizer(config, model)
     scheduler = _scheduler(config, optimizer)

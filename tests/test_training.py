@@ -109,7 +109,9 @@ def test_bad_runs_are_clear_errors(tiny_dataset: Path, tmp_path: Path) -> None:
         train(tiny_dataset, CONFIG, tmp_path / "run", overrides=["training.epochs=0"])
     with pytest.raises(ConfigError, match=r"the config is for bands \['B02', 'B03'\]; the data"):
         train(tiny_dataset, CONFIG, tmp_path / "run", overrides=["bands=[B02, B03]"])
-    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="resnet50 backbone only"):  # found building the model
+        train(tiny_dataset, CONFIG, tmp_path / "run", pretrained="coco")
+    assert not (tmp_path / "run").exists()  # no mistake leaves a run folder to block a retry
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             select_device("cuda")
