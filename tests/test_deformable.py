@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -94,33 +95,25 @@ def test_constructor_builds_a_conv_shaped_module() -> None:
     assert set(module.state_dict()) == {"weight", "offset_conv.weight", "offset_conv.bias"}
 
 
-def test_resnet18_yolact_plus_plus_layout_is_unchanged_at_init() -> None:
+@pytest.mark.parametrize(
+    ("build", "args", "names"),
+    [
+        (resnet18, (), ["layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"]),
+        (resnet50, ((3, 4, 5), 3), ["layer2.0.conv2", "layer2.3.conv2", "layer3.0.conv2",
+                                    "layer3.3.conv2", "layer4.0.conv2"]),
+    ],
+)  # fmt: skip
+def test_yolact_plus_plus_layout_is_unchanged_at_init(
+    build: Callable[..., nn.Module], args: tuple[object, ...], names: list[str]
+) -> None:
     torch.manual_seed(0)
-    model = resnet18(weights=None).eval().double()  # float64: no summation-order noise
+    model = build(weights=None).eval().double()  # float64: no summation-order noise
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         before = model(x)
-        assert make_deformable(model) == 3
+        assert make_deformable(model, *args) == len(names)
         after = model(x)
-    assert _deformable_names(model) == ["layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"]
-    torch.testing.assert_close(after, before, atol=1e-9, rtol=0)
-
-
-def test_resnet50_yolact_plus_plus_layout_is_unchanged_at_init() -> None:
-    torch.manual_seed(0)
-    model = resnet50(weights=None).eval().double()  # float64: no summation-order noise
-    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
-    with torch.no_grad():
-        before = model(x)
-        assert make_deformable(model, (3, 4, 5), 3) == 5
-        after = model(x)
-    assert _deformable_names(model) == [
-        "layer2.0.conv2",
-        "layer2.3.conv2",
-        "layer3.0.conv2",
-        "layer3.3.conv2",
-        "layer4.0.conv2",
-    ]
+    assert _deformable_names(model) == names
     torch.testing.assert_close(after, before, atol=1e-9, rtol=0)
 
 
