@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import geopandas as gpd
 import numpy as np
 import shapely
+from process_memory import peak_rss_mb
 
 from fieldseg.evaluation import EvaluationSettings, evaluate_fields
 
@@ -147,7 +147,7 @@ def main() -> None:
         "mask_ap": (report["mask_ap"] or {}).get("ap"),
         "seconds": seconds,
         "objects_under_a_minute": object_seconds < 60,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
     print(json.dumps(result))
 

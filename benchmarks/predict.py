@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from process_memory import hwm_mb, peak_rss_mb
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_NAME = "maskrcnn_r18_cpu.yaml"
@@ -46,26 +47,6 @@ SEED, BANDS, DATES, CHIP_SIZE = 7, 4, 2, 256
 P2, P98, MEAN, STD, N_PIXELS = 300.0, 4000.0, 1500.0, 800.0, 1_000_000
 SIZES, FULL_SIZE = (2048, 4096), 8192
 PARTS = ("read", "model", "resolve", "stitch", "trace", "write")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def hwm_mb() -> float | None:
-    """The peak resident memory of this process's own address space (Linux VmHWM), if known.
-
-    Unlike ru_maxrss it is not inherited from the launcher at exec: a cross-check.
-    """
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
 
 
 def checkpoint_path(workdir: Path) -> Path:

@@ -173,7 +173,7 @@ def _detections(
     detections: list[dict[str, Any]] = []
     for image_id, prediction in predictions.items():
         image = images_by_id[image_id]
-        masks = prediction.masks.detach()
+        masks = prediction.dense_masks().detach()
         n = len(prediction)
         if masks.ndim != 3 or masks.shape[0] != n or prediction.labels.shape[0] != n:
             raise ValueError(

@@ -27,12 +27,14 @@ import geopandas as gpd
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.boundary_targets import BOUNDARY, INTERIOR, label_classes
 from fieldseg.instance_extraction import ExtractionParams, extract_fields
-from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
+from fieldseg.models.base import ChipPrediction, FieldModel
+from fieldseg.models.boxed_masks import BoxedMasks
 from fieldseg.raster_io import open_raster, write_geotiff
 from fieldseg.rasterization import rasterize_labels_in_strips
 from fieldseg.vector_io import read_vector
@@ -87,50 +89,55 @@ class OracleFieldModel(FieldModel):
         ids = torch.where(self.normaliser.valid(image), ids, torch.zeros_like(ids))
         present = torch.unique(ids)
         present = present[present > 0]
-        masks = (ids[None] == present[:, None, None]).float()
+        index = torch.zeros(int(ids.max()) + 1, dtype=torch.int64)
+        index[present] = torch.arange(1, len(present) + 1)
+        local = index[ids].numpy()  # 0 background, k: the k-th present field
+        masks = BoxedMasks.from_labels(local, len(present))
         scores = torch.ones(len(present))
         if self.noisy and len(present):
-            masks = self._leak(masks, ids, present)
+            masks = self._leak(masks, local)
             scores = torch.from_numpy(self._rng.uniform(0.5, 1.0, len(present))).float()
-            edge = touches_edge(masks).cpu().numpy()
+            edge = masks.touches_edge().numpy()
             dropped = edge & (self._rng.random(len(present)) < self.drop_share)
-            keep = torch.from_numpy(~dropped)
-            masks, scores = masks[keep], scores[keep]
+            masks, scores = masks.select(~dropped), scores[torch.from_numpy(~dropped)]
         return ChipPrediction(
             masks=masks,
             scores=scores,
             labels=torch.ones(len(scores), dtype=torch.int64),
-            touches_edge=touches_edge(masks),
+            touches_edge=masks.touches_edge(),
         )
 
-    def _leak(self, masks: torch.Tensor, ids: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Each mask grown by ``leak_pixels`` onto the fields it touches (shares an edge with)."""
-        n = len(present)
-        index = torch.zeros(int(ids.max()) + 1, dtype=torch.int64)
-        index[present] = torch.arange(1, n + 1)
-        local = index[ids]  # 0 background, k: the k-th present field
-        touching = torch.zeros((n + 1, n + 1), dtype=torch.bool)
+    def _leak(self, masks: BoxedMasks, local: np.ndarray) -> BoxedMasks:
+        """Each mask grown by ``leak_pixels`` onto the fields it touches (shares an edge with).
+
+        Field k's mask gains every pixel within ``leak_pixels`` (chessboard distance) of it
+        that lies in a field sharing an edge with k; its box grows to hold them.
+        """
+        n = len(masks)
+        touching = np.zeros((n + 1, n + 1), dtype=bool)
         for a, b in ((local[:, 1:], local[:, :-1]), (local[1:], local[:-1])):
             pairs = (a != b) & (a > 0) & (b > 0)
             touching[a[pairs], b[pairs]] = True
             touching[b[pairs], a[pairs]] = True
-        # a pixel of field j gets the mask of every field i touching j within leak_pixels
-        # (chessboard distance), found by shifting the label image rather than dilating masks
-        leaked = masks.clone()
         height, width = local.shape
         reach = self.leak_pixels
-        for dy in range(-reach, reach + 1):
-            for dx in range(-reach, reach + 1):
-                source = torch.zeros_like(local)
-                ys = slice(max(0, dy), height + min(0, dy))
-                xs = slice(max(0, dx), width + min(0, dx))
-                ys_from = slice(max(0, -dy), height + min(0, -dy))
-                xs_from = slice(max(0, -dx), width + min(0, -dx))
-                source[ys, xs] = local[ys_from, xs_from]
-                hit = (source > 0) & touching[source, local]
-                y, x = hit.nonzero(as_tuple=True)
-                leaked[source[y, x] - 1, y, x] = 1.0
-        return leaked
+        square = np.ones((2 * reach + 1, 2 * reach + 1), dtype=bool)
+        boxes, crops = [], []
+        for k, (x0, y0, x1, y1) in enumerate(masks.boxes.tolist(), start=1):
+            if not touching[k].any():
+                boxes.append((x0, y0, x1, y1))
+                crops.append(masks.crops[k - 1])
+                continue
+            x0, y0 = max(0, x0 - reach), max(0, y0 - reach)
+            x1, y1 = min(width, x1 + reach), min(height, y1 + reach)
+            window = local[y0:y1, x0:x1]
+            own = window == k
+            grown = ndi.binary_dilation(own, structure=square) & touching[k][window]
+            boxes.append((x0, y0, x1, y1))
+            crops.append(torch.from_numpy((own | grown).astype(np.float32)))
+        return BoxedMasks(
+            torch.tensor(boxes, dtype=torch.int64).reshape(-1, 4), tuple(crops), height, width
+        )
 
 
 class DenseOracleFieldModel(OracleFieldModel):

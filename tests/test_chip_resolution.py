@@ -9,6 +9,7 @@ import torch
 from fieldseg import chip_resolution as cr
 from fieldseg.chip_resolution import resolve_chip
 from fieldseg.models.base import ChipPrediction, touches_edge
+from fieldseg.models.boxed_masks import BoxedMasks
 from fieldseg.oracle import OracleFieldModel
 
 SIZE = 32
@@ -64,7 +65,7 @@ def test_noisy_oracle_chip_is_resolved_back_to_its_fields() -> None:
     oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
     (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
     assert (
-        prediction.masks.sum(dim=(1, 2)) > torch.bincount(torch.from_numpy(ids.ravel()))[1:]
+        prediction.dense_masks().sum(dim=(1, 2)) > torch.bincount(torch.from_numpy(ids.ravel()))[1:]
     ).all()
     chip = resolve_chip(prediction, ALL_VALID, min_pixels=1)
     assert len(chip) == 6
@@ -148,8 +149,8 @@ def test_depths_are_steps_inside_the_mask_to_another_claim() -> None:
     ids[0:20, 24:32] = 5
     oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
     (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
-    masks = prediction.masks.numpy() >= 0.5
-    _, claims = cr._claims(prediction.masks, None)
+    masks = prediction.dense_masks().numpy() >= 0.5
+    _, claims = cr._claims(prediction.dense_masks(), None)
     contested = cr._contested(claims, SIZE * SIZE)
     ys, xs = np.divmod(claims.pixel, SIZE)
     for cap in (2, 3, 6, 12):
@@ -158,13 +159,13 @@ def test_depths_are_steps_inside_the_mask_to_another_claim() -> None:
     assert depth.max() > 6  # deep enough to test the cap
 
 
-def test_sparse_rows_and_one_dense_pass_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sparse_rows_one_dense_pass_and_boxed_masks_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     ids = np.zeros((SIZE, SIZE), np.int32)
     ids[0:16, 0:16], ids[0:16, 16:30], ids[18:30, 2:28] = 1, 2, 3
     oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
     (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
     rng = np.random.default_rng(0)
-    soft = prediction.masks * torch.from_numpy(rng.uniform(0.55, 1.0, (3, 1, 1))).float()
+    soft = prediction.dense_masks() * torch.from_numpy(rng.uniform(0.55, 1.0, (3, 1, 1))).float()
     soft[0, 30:32, 0:8] = 0.2  # faint evidence on background, in rows of its own
     prediction.masks = soft
     valid = ALL_VALID.copy()
@@ -173,9 +174,12 @@ def test_sparse_rows_and_one_dense_pass_agree(monkeypatch: pytest.MonkeyPatch) -
     sparse = resolve_chip(prediction, valid, min_pixels=1)
     monkeypatch.setattr(cr, "DENSE_ROW_SHARE", 0.0)
     dense = resolve_chip(prediction, valid, min_pixels=1)
+    prediction.masks = BoxedMasks.from_dense(soft)
+    boxed = resolve_chip(prediction, valid, min_pixels=1)
     assert len(sparse) == 3
     for name in ("labels", "probability", "scores", "classes"):
         assert np.array_equal(getattr(sparse, name), getattr(dense, name))
+        assert np.array_equal(getattr(boxed, name), getattr(dense, name))
     assert np.allclose(sparse.probability[30:32, 0:8], 0.8)  # 1 - the faint evidence
 
 
@@ -193,7 +197,7 @@ def test_masks_on_the_gpu_resolve_as_on_the_cpu(monkeypatch: pytest.MonkeyPatch)
     oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
     (cpu,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
     cpu.scores = torch.tensor([0.9, 0.3, 0.8])  # one dropped
-    cpu.masks = cpu.masks * 0.9
+    cpu.masks = cpu.dense_masks() * 0.9
     gpu = ChipPrediction(
         masks=cpu.masks.half().cuda(),
         scores=cpu.scores.cuda(),

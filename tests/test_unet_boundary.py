@@ -107,7 +107,7 @@ def test_prediction_of_odd_sized_chips_gives_disjoint_masks_and_maps() -> None:
     assert prediction.dense["extent"].shape == (70, 45)
     assert prediction.dense["boundary"].shape == (70, 45)
     assert prediction.masks.shape[1:] == (70, 45)
-    assert (prediction.masks > 0).sum(dim=0).max() <= 1  # disjoint
+    assert (prediction.dense_masks() > 0).sum(dim=0).max() <= 1  # disjoint
     assert len(prediction.scores) == len(prediction.masks) == len(prediction.labels)
 
 
@@ -171,7 +171,7 @@ def test_overfits_two_tiny_chips(tmp_path: Path) -> None:
     tp = n_pred = n_true = 0
     for prediction, target in zip(predictions, targets, strict=True):
         labels = np.zeros(prediction.masks.shape[1:], np.int64)
-        for k, mask in enumerate(prediction.masks.numpy() > 0, start=1):
+        for k, mask in enumerate(prediction.dense_masks().numpy() > 0, start=1):
             labels[mask] = k
         truth = np.zeros_like(labels)
         for k, mask in enumerate(target["masks"].numpy().astype(bool), start=1):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fieldseg.band_statistics import BandStatistics
+from fieldseg.models.boxed_masks import BoxedMasks
 
 
 @dataclass
@@ -25,7 +26,9 @@ class ChipPrediction:
     """The instances a model finds in one chip, in chip pixels.
 
     Attributes:
-        masks: (N, H, W) float32 mask probabilities (soft, not thresholded).
+        masks: (N, H, W) float32 mask probabilities (soft, not thresholded), or the same
+            masks as :class:`BoxedMasks`, each stored inside its box: far smaller and faster
+            to stitch when a chip holds hundreds of small fields.
         scores: (N,) instance confidence.
         labels: (N,) int64 category ids (as in the dataset's COCO files).
         touches_edge: (N,) bool, True where the chip edge cuts the instance (its mask at 0.5
@@ -34,7 +37,7 @@ class ChipPrediction:
             "boundary": (H, W)}`` probabilities; empty for instance-only families.
     """
 
-    masks: torch.Tensor
+    masks: torch.Tensor | BoxedMasks
     scores: torch.Tensor
     labels: torch.Tensor
     touches_edge: torch.Tensor
@@ -42,6 +45,10 @@ class ChipPrediction:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def dense_masks(self) -> torch.Tensor:
+        """The masks as one (N, H, W) stack, whichever form the model returned."""
+        return self.masks.dense() if isinstance(self.masks, BoxedMasks) else self.masks
 
 
 class BandNormaliser(nn.Module):
@@ -149,8 +156,10 @@ class FieldModel(nn.Module, ABC):
         """
 
 
-def touches_edge(masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def touches_edge(masks: torch.Tensor | BoxedMasks, threshold: float = 0.5) -> torch.Tensor:
     """(N,) True where a (N, H, W) mask reaches the first or last row or column."""
+    if isinstance(masks, BoxedMasks):
+        return masks.touches_edge(threshold)
     binary = masks > threshold
     if binary.shape[0] == 0:
         return torch.zeros(0, dtype=torch.bool, device=masks.device)

@@ -37,6 +37,7 @@ from fieldseg.instance_extraction import (
     tune_params,
 )
 from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
+from fieldseg.models.boxed_masks import BoxedMasks
 from fieldseg.models.input_layer import adapt_first_conv, download_weights
 
 if TYPE_CHECKING:
@@ -349,18 +350,16 @@ def _truth_labels(target: dict[str, Any]) -> np.ndarray:
 def chip_prediction(
     fields: ExtractedFields, maps: dict[str, torch.Tensor], params: ExtractionParams
 ) -> ChipPrediction:
-    """Extracted fields as a ChipPrediction with soft, disjoint masks; the maps in ``dense``.
+    """Extracted fields as a ChipPrediction with soft, disjoint boxed masks; maps in ``dense``.
 
     The masks are the extracted regions, valued by the extent probability rescaled so that the
     extraction's threshold sits at 0.5, the stitcher's claim level.
     """
     extent = maps["extent"]
-    labels = torch.from_numpy(fields.labels.astype(np.int64)).to(extent.device)
     count = len(fields.scores)
     threshold = params.extent_threshold
     level = 0.5 + 0.5 * ((extent - threshold) / max(1.0 - threshold, 1e-6)).clamp(0.0, 1.0)
-    ids = torch.arange(1, count + 1, device=extent.device).view(-1, 1, 1)
-    masks = torch.where(labels.unsqueeze(0) == ids, level.unsqueeze(0), 0.0).float()
+    masks = BoxedMasks.from_labels(fields.labels, count, level)
     return ChipPrediction(
         masks=masks,
         scores=torch.from_numpy(np.asarray(fields.scores, dtype=np.float32)).to(extent.device),
