@@ -13,7 +13,9 @@ Extraction rule (:func:`extract_fields`):
     2. **Markers.** The *interior share* of a pixel is ``P(interior) / P(extent)``, the
        probability that a field pixel lies inside its field rather than on its edge band. The
        markers are the 4-connected components of mask pixels with an interior share of at
-       least ``marker_threshold``. A component of at least ``min_marker_pixels`` pixels is a
+       least ``marker_threshold``; two *thin* components (no pixel with all four neighbours
+       in it) that touch at a corner are one, the line-shaped interior of a rotated strip
+       3-4 px across. A component of at least ``min_marker_pixels`` pixels is a
        marker. A smaller one is kept only when one of its pixels lies more than
        :data:`MARKER_REACH` px (chessboard distance) from every larger marker: near a larger
        marker it is a speck of that field's edge band, farther away it is the whole interior
@@ -70,6 +72,8 @@ from types import MappingProxyType
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
@@ -389,7 +393,7 @@ def _interior_components(
     interior: np.ndarray, min_pixels: int
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Markers from confident-interior components; their count and the pixels beyond reach."""
-    components, n = ndi.label(interior, structure=_FOUR_CONNECTED)
+    components, n = _interior_labels(interior)
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     large = sizes >= min_pixels
     large[0] = False
@@ -403,6 +407,41 @@ def _interior_components(
     if not np.array_equal(keep, large):
         far = _beyond_reach(markers > 0)
     return markers, n, far
+
+
+def _interior_labels(interior: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of the confident interior, thin ones joined across corners.
+
+    The interior of a strip 3-4 px across is a line 1-2 px wide; where the strip is rotated,
+    the line steps diagonally and falls apart into 4-connected pieces that touch only at
+    corners. Two *thin* components (no pixel with all four neighbours in the component) that
+    touch at a corner are one marker. Interiors of two different fields never touch at a
+    corner on exact maps (each field's band lies between them), and joining only thin pieces
+    keeps a noisy pixel in the band from chaining two wide fields together.
+    """
+    components, n = ndi.label(interior, structure=_FOUR_CONNECTED)
+    if n < 2:
+        return components, n
+    core = _core(components)
+    thin = np.ones(n + 1, bool)
+    thin[components[core]] = False
+    thin[0] = False
+    pairs = []
+    for a, b in ((components[:-1, :-1], components[1:, 1:]),
+                 (components[:-1, 1:], components[1:, :-1])):  # fmt: skip
+        corner = (a != b) & thin[a] & thin[b]
+        pairs.append(np.stack([a[corner], b[corner]]))
+    a, b = np.concatenate(pairs, axis=1)
+    if not len(a):
+        return components, n
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n + 1, n + 1))
+    _, group = connected_components(graph, directed=False)
+    # number the joined components 1..m in order of their first piece, 0 stays 0
+    first = np.full(group.max() + 1, n + 1)
+    np.minimum.at(first, group[1:], np.arange(1, n + 1))
+    rank = np.argsort(np.argsort(first))
+    renumber = np.r_[0, rank[group[1:]] + 1].astype(components.dtype)
+    return renumber[components], len(np.unique(group[1:]))
 
 
 def _depth_peaks(interior: np.ndarray, depth: float) -> tuple[np.ndarray, int]:

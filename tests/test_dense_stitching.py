@@ -78,9 +78,12 @@ def test_blended_seams_cost_at_most_a_point_of_f1_with_noisy_maps(
     model = DenseOracleFieldModel(noisy=True, seed=1)
     fields = _predict(scene.ids, tmp_path / "f.gpkg", model, chip_size=128, overlap=32)
     matches = match_objects(fields.geometry.values, truth.geometry.values)
-    whole = _whole_scene_f1(scene.ids, DenseOracleFieldModel(noisy=True, seed=1))
-    assert matches.f1 >= whole.f1 - 0.01, (matches.metrics(), whole.metrics())
-    assert matches.f1 >= 0.88  # measured 0.90: small fields under blur and noise
+    # the chips draw other noise than one whole-scene map would, and F1 varies by a point or
+    # two between draws (0.888-0.906 over eight): compare with the mean of four draws
+    whole = [_whole_scene_f1(scene.ids, DenseOracleFieldModel(noisy=True, seed=s)).f1
+             for s in range(1, 5)]  # fmt: skip
+    assert matches.f1 >= np.mean(whole) - 0.01, (matches.metrics(), whole)
+    assert matches.f1 >= 0.88  # measured 0.89: small fields under blur and noise
     assert overlapping_pairs(fields) == 0
 
 

@@ -212,6 +212,32 @@ def test_a_speck_of_interior_in_a_band_does_not_split_a_field() -> None:
     assert extract_fields(extent, boundary, params=one_pixel_markers).n_fields == 2
 
 
+def test_a_rotated_strip_three_pixels_across_is_one_field() -> None:
+    """A 3 px strip stepping down one row every 8 columns, between two wide fields: its
+    interior is a 1 px line whose pieces touch only at corners, so it is one marker."""
+    rows, cols = np.mgrid[0:20, 0:48]
+    top = 6 + cols // 8
+    truth = np.where(rows < top, 1, np.where(rows < top + 3, 2, 3)).astype(np.int32)
+    extent, boundary = _ideal_maps(truth)
+    interior = extent - boundary > 0.5
+    assert ndi.label(interior & (truth == 2))[1] == 6  # six pieces, 4-connected
+    found = extract_fields(extent, boundary)
+    assert found.n_fields == 3 and _same_partition(found.labels, truth)
+
+
+def test_thick_interiors_touching_at_a_corner_stay_apart() -> None:
+    """Two confident 4 x 4 interiors touching only at a corner (a noisy map can do that)
+    are two markers: only thin pieces are joined across corners."""
+    extent = np.zeros((12, 12), np.float32)
+    extent[1:11, 1:11] = 1.0
+    boundary = extent.copy()
+    boundary[1:5, 1:5] = 0.0
+    boundary[5:9, 5:9] = 0.0
+    found = extract_fields(extent, boundary, params=ExtractionParams(unclaimed_seeds=False))
+    assert found.n_fields == 2
+    assert len({found.labels[2, 2], found.labels[7, 7]}) == 2
+
+
 def test_leftover_field_without_marker() -> None:
     """A field apart from all others whose whole area is boundary is still a field."""
     truth = np.zeros((10, 20), dtype=np.int32)
