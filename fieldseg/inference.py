@@ -43,6 +43,7 @@ from fieldseg.probability_rasters import ProbabilityRasterWriter, check_raster_o
 from fieldseg.progress import progress
 from fieldseg.raster_io import (
     RasterInfo,
+    bounded_block_cache,
     chip_valid_mask,
     default_band_names,
     nodata_mask,
@@ -181,7 +182,7 @@ def predict_scene(
     net.set_score_threshold(score_threshold)
     timings = dict.fromkeys(("read", "model", "resolve", "stitch", "trace", "write"), 0.0)
 
-    with open_raster(scene) as src:
+    with bounded_block_cache(), open_raster(scene) as src:
         info = raster_info(src)
         _check_bands(info, net)
         area_window, aoi = _prediction_area(info, extent, bbox)

@@ -25,6 +25,7 @@ from fieldseg.field_polygons import FIELD_COLUMNS, true_area_perimeter
 from fieldseg.inference import predict_scene
 from fieldseg.object_matching import match_objects
 from fieldseg.oracle import OracleFieldModel, write_truth_raster
+from fieldseg.raster_io import STRIP_BLOCK_CACHE_MB
 from fieldseg.stitching import SceneStitcher
 from fieldseg.synthetic import synth
 from fieldseg.vector_io import read_vector
@@ -298,3 +299,26 @@ def test_exact_oracle_partition_survives_any_grid(
     assert np.array_equal(result > 0, pieces > 0)
     pairs = set(zip(result[pieces > 0].tolist(), pieces[pieces > 0].tolist(), strict=True))
     assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == count
+
+
+class _CacheWatchingOracle(OracleFieldModel):
+    """The oracle, noting GDAL's block cache cap while predict reads the scene."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.caps: set[object] = set()
+
+    def predict(self, images):  # type: ignore[no-untyped-def]
+        self.caps.add(rasterio.env.getenv().get("GDAL_CACHEMAX") if rasterio.env.hasenv() else None)
+        return super().predict(images)
+
+
+def test_predict_reads_the_scene_under_a_bounded_block_cache(
+    scene: OracleScene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GDAL would otherwise keep every block of a whole tile read once (5 % of the memory)."""
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    model = _CacheWatchingOracle()
+    predict_scene(scene.ids, model, tmp_path / "f.gpkg", chip_size=128, overlap=32,
+                  show_progress=False)  # fmt: skip
+    assert model.caps == {STRIP_BLOCK_CACHE_MB}

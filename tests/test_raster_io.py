@@ -6,11 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
 from fieldseg.errors import ConfigError, CRSError
 from fieldseg.raster_io import (
+    STRIP_BLOCK_CACHE_MB,
+    bounded_block_cache,
     check_nodata_value,
     crs_from_json,
     crs_to_json,
@@ -77,3 +80,16 @@ def test_same_nodata_and_value_checks() -> None:
     for bad in (-1, 65536, 0.5, np.nan):
         with pytest.raises(ConfigError, match="cannot be a uint16 pixel value"):
             check_nodata_value(bad, "uint16", "--nodata")
+
+
+def test_strip_reads_cap_gdals_block_cache_unless_the_user_set_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    with bounded_block_cache():
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == STRIP_BLOCK_CACHE_MB
+    with rasterio.Env(GDAL_CACHEMAX=1024), bounded_block_cache():
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 1024
+    monkeypatch.setenv("GDAL_CACHEMAX", "2048")
+    with bounded_block_cache():
+        assert "GDAL_CACHEMAX" not in (rasterio.env.getenv() if rasterio.env.hasenv() else {})
