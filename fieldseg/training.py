@@ -40,8 +40,6 @@ from fieldseg.training_curves import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
-#: Metric that decides the best checkpoint and early stopping.
-SELECTION_METRIC = "segm_mAP"
 CONFIG_FILE = "config.yaml"
 CURVES_FILE = "training_curves.png"
 
@@ -234,7 +232,7 @@ def _train(
             record.update({f"val_{k}": v for k, v in _validate(model, val_data, config).items()})
         history.append(record)
         _log_metrics(run_dir, history)
-        metric = record.get(f"val_{SELECTION_METRIC}")
+        metric = record.get(f"val_{model.selection_metric}")
         improved = (
             metric is not None and not math.isnan(metric) and (best is None or metric > best[1])
         )
@@ -257,7 +255,7 @@ def _train(
         if out_of_time:
             stopped = f"--max-minutes {config.training.max_minutes:g} reached"
         elif patience is not None and best is not None and epoch - best[0] >= patience:
-            stopped = f"no better val {SELECTION_METRIC} for {patience} epochs"
+            stopped = f"no better val {model.selection_metric} for {patience} epochs"
         if ctx.from_main(stopped != "epochs done"):
             break
     if history and ctx.is_main:
@@ -439,7 +437,7 @@ def _log_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 def _epoch_line(record: dict[str, Any]) -> str:
     parts = [f"epoch {record['epoch']}", f"loss {record.get('train_loss', float('nan')):.3f}"]
-    for key in ("val_segm_mAP", "val_segm_AP50", "val_bbox_mAP"):
+    for key in ("val_segm_mAP", "val_segm_AP50", "val_bbox_mAP", "val_object_f1"):
         if key in record:
             parts.append(f"{key[4:]} {record[key]:.3f}")
     return ", ".join(parts)

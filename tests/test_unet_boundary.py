@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fit_two_chips
+from conftest import fit_two_chips, make_tiny_dataset
 
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.boundary_targets import BACKGROUND, BOUNDARY, IGNORE_INDEX, INTERIOR, boundary_target
@@ -181,3 +181,30 @@ def test_overfits_two_tiny_chips(tmp_path: Path) -> None:
     f1 = 2 * tp / (n_pred + n_true)
     assert f1 >= 0.9, (f1, tuned)
     assert tuned["object_f1"] >= 0.9
+
+
+@pytest.mark.slow
+def test_train_picks_the_epoch_with_the_best_calibrated_object_f1_then_predict_runs(
+    tmp_path: Path,
+) -> None:
+    """``train`` then ``predict_scene`` as a user runs them: best.pt is chosen by val object
+    F1 (what predict's fields come from, not mask mAP), and predict writes valid fields."""
+    import geopandas as gpd
+
+    from fieldseg.checkpoint import load_checkpoint
+    from fieldseg.inference import predict_scene
+    from fieldseg.training import train
+
+    dataset = make_tiny_dataset(tmp_path)
+    summary = train(dataset, CPU_CONFIG, tmp_path / "run",
+                    overrides=["training.epochs=3", "training.batch_size=4"])  # fmt: skip
+    f1 = [record["val_object_f1"] for record in summary.history]
+    assert summary.best_epoch == summary.history[int(np.argmax(f1))]["epoch"]
+    assert summary.best_metric == pytest.approx(max(f1))
+    assert load_checkpoint(tmp_path / "run").epoch == summary.best_epoch
+    result = predict_scene(tmp_path / "scene.tif", tmp_path / "run", tmp_path / "predicted.gpkg",
+                           show_progress=False)  # fmt: skip
+    fields = gpd.read_file(tmp_path / "predicted.gpkg", layer="fields")
+    assert len(fields) == result.n_fields
+    assert fields["model"].str.startswith("unet_boundary").all()
+    assert fields.geometry.is_valid.all()

@@ -96,6 +96,10 @@ class FieldModel(nn.Module, ABC):
     #: ``extent``, ``boundary`` and ``valid`` maps) and ``extraction_params``; ``predict`` may
     #: then blend overlapping chips' maps instead of stitching chip instances.
     dense_output: ClassVar[bool] = False
+    #: The val metric (a key of the training log without ``val_``) that picks ``best.pt`` and
+    #: drives early stopping: COCO mask mAP for instance models; a family whose output is
+    #: decided by calibrated post-processing may pick the object F1 its calibration reports.
+    selection_metric: ClassVar[str] = "segm_mAP"
 
     def __init__(
         self, band_names: Sequence[str], statistics: Sequence[BandStatistics], nodata: float | None

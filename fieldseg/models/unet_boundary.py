@@ -110,6 +110,9 @@ class UNetBoundaryFieldModel(FieldModel):
 
     family = "unet_boundary"
     dense_output = True
+    #: The fields predict writes come from the calibrated extraction, so best.pt is the epoch
+    #: whose calibrated extraction scores best on val, not the one with the best mask mAP.
+    selection_metric = "object_f1"
 
     def __init__(
         self,
