@@ -16,6 +16,7 @@ from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError, InputFileError
 from fieldseg.models import ModelSpec, build_model, model_config
 from fieldseg.models.base import BandNormaliser, touches_edge
+from fieldseg.models.boxed_masks import BoxedMasks
 from fieldseg.models.input_layer import adapt_first_conv, load_weights_file, rgb_channels
 from fieldseg.models.maskrcnn import MaskRCNNConfig, MaskRCNNFieldModel
 
@@ -105,11 +106,13 @@ def test_predictions_are_soft_masks_at_chip_size() -> None:
     image[:, 10:30, 10:40] = 2500.0
     (prediction,) = model.predict([image])
     n = len(prediction)
-    assert prediction.masks.shape == (n, 64, 64) and prediction.masks.dtype == torch.float32
+    assert isinstance(prediction.masks, BoxedMasks)  # pasted into their boxes only
+    masks = prediction.dense_masks()
+    assert masks.shape == (n, 64, 64) and masks.dtype == torch.float32
     assert prediction.scores.shape == (n,) and prediction.labels.shape == (n,)
     if n:
-        assert prediction.masks.min() >= 0 and prediction.masks.max() <= 1
-    assert torch.equal(prediction.touches_edge, touches_edge(prediction.masks))
+        assert masks.min() >= 0 and masks.max() <= 1
+    assert torch.equal(prediction.touches_edge, touches_edge(masks))
     assert prediction.dense == {}
 
 

@@ -76,6 +76,7 @@ class BoxedMasks:
         index = torch.as_tensor(np.asarray(index))
         if index.dtype == torch.bool:
             index = index.nonzero().flatten()
+        index = index.to(torch.int64)  # an empty list arrives as floats
         positions = index.tolist()
         return BoxedMasks(
             boxes=self.boxes[index.to(self.boxes.device)].reshape(-1, 4),

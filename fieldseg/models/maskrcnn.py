@@ -29,6 +29,7 @@ from fieldseg.errors import ConfigError
 from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
 from fieldseg.models.ignore_sampling import make_ignore_aware
 from fieldseg.models.input_layer import adapt_first_conv, download_weights
+from fieldseg.models.mask_pasting import BoxedMaskTransform
 
 #: Backbones and the torchvision names of their ImageNet weights.
 BACKBONE_WEIGHTS: dict[str, str] = {
@@ -162,6 +163,8 @@ class MaskRCNNFieldModel(FieldModel):
             mask_head=MaskRCNNHeads(backbone.out_channels, (256, 256, 256, 256), 1),
             mask_predictor=MaskRCNNPredictor(256, 256, num_classes + 1),
         )
+        # masks pasted into their boxes only: the stitcher reads crops, not N x H x W stacks
+        self.detector.transform = BoxedMaskTransform.like(self.detector.transform)
         if pretrained == "coco":
             self._load_coco_weights()
         adapt_first_conv(self.detector.backbone, band_names)
@@ -207,13 +210,13 @@ class MaskRCNNFieldModel(FieldModel):
 
     @torch.no_grad()
     def predict(self, images: Sequence[torch.Tensor]) -> list[ChipPrediction]:
-        """Instances of each raw chip, with soft masks at chip resolution."""
+        """Instances of each raw chip, with soft masks at chip resolution, each in its box."""
         self.detector.eval()
         self._size_transform(images)
         outputs = self.detector(self.normalise(images))
         predictions = []
         for output in outputs:
-            masks = output["masks"][:, 0]
+            masks = output["masks"]  # BoxedMasks (BoxedMaskTransform)
             predictions.append(
                 ChipPrediction(
                     masks=masks,
