@@ -58,6 +58,8 @@ class TrainSummary:
     best_metric: float | None
     stopped_because: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: the val metric that chose the best epoch (the family's ``selection_metric``)
+    metric_name: str = "segm_mAP"
 
 
 def train(
@@ -267,6 +269,7 @@ def _train(
         best_metric=best[1] if best else None,
         stopped_because=stopped,
         history=history,
+        metric_name=model.selection_metric,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from fieldseg.atomic_output import atomic_file
 
 #: Validation metrics drawn, when the history has them.
-VAL_METRICS = ("val_segm_mAP", "val_segm_AP50", "val_bbox_mAP")
+VAL_METRICS = ("val_segm_mAP", "val_segm_AP50", "val_bbox_mAP", "val_object_f1")
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
@@ -31,7 +31,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
     drawn = [k for k in VAL_METRICS if any(k in r for r in history)]
     for key in drawn:
         right.plot(epochs, [r.get(key) for r in history], marker="o", label=key[4:])
-    right.set(title="validation", xlabel="epoch", ylabel="COCO AP", ylim=(0, 1))
+    right.set(title="validation", xlabel="epoch", ylabel="COCO AP, object F1", ylim=(0, 1))
     if drawn:
         right.legend(fontsize="small")
     else:

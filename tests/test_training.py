@@ -31,6 +31,7 @@ def test_a_run_writes_checkpoints_metrics_and_config(tiny_dataset: Path, tmp_pat
     run_dir = tmp_path / "run"
     summary = train(tiny_dataset, CONFIG, run_dir, overrides=[*FAST, "training.epochs=2"])
     assert summary.epochs_done == 2 and summary.stopped_because == "epochs done"
+    assert summary.metric_name == "segm_mAP"
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "best.pt", "config.yaml", "last.pt", "metrics.csv", "metrics.jsonl",
         "training_curves.png"]  # fmt: skip

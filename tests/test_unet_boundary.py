@@ -198,6 +198,7 @@ def test_train_picks_the_epoch_with_the_best_calibrated_object_f1_then_predict_r
     dataset = make_tiny_dataset(tmp_path)
     summary = train(dataset, CPU_CONFIG, tmp_path / "run",
                     overrides=["training.epochs=3", "training.batch_size=4"])  # fmt: skip
+    assert summary.metric_name == "object_f1"
     f1 = [record["val_object_f1"] for record in summary.history]
     assert summary.best_epoch == summary.history[int(np.argmax(f1))]["epoch"]
     assert summary.best_metric == pytest.approx(max(f1))

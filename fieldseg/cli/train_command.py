@@ -92,7 +92,7 @@ def train(
         overwrite=overwrite,
     )
     best = (
-        f"best val segm mAP {summary.best_metric:.3f} at epoch {summary.best_epoch}"
+        f"best val {summary.metric_name} {summary.best_metric:.3f} at epoch {summary.best_epoch}"
         if summary.best_metric is not None
         else "no validation"
     )
