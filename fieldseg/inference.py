@@ -43,13 +43,13 @@ from fieldseg.probability_rasters import ProbabilityRasterWriter, check_raster_o
 from fieldseg.progress import progress
 from fieldseg.raster_io import (
     RasterInfo,
-    bounded_block_cache,
     chip_valid_mask,
     default_band_names,
     nodata_mask,
     open_raster,
     raster_info,
     read_window,
+    strip_block_cache,
 )
 from fieldseg.rasterization import rasterize_mask
 from fieldseg.stitching import FieldBatch, SceneStitcher
@@ -182,7 +182,8 @@ def predict_scene(
     net.set_score_threshold(score_threshold)
     timings = dict.fromkeys(("read", "model", "resolve", "stitch", "trace", "write"), 0.0)
 
-    with bounded_block_cache(), open_raster(scene) as src:
+    # no more of GDAL's block cache than reading strips of chips needs
+    with strip_block_cache(scene, chip_size), open_raster(scene) as src:
         info = raster_info(src)
         _check_bands(info, net)
         area_window, aoi = _prediction_area(info, extent, bbox)

@@ -85,6 +85,7 @@ class OracleFieldModel(FieldModel):
         return [self._predict_chip(image) for image in images]
 
     def _predict_chip(self, image: torch.Tensor) -> ChipPrediction:
+        image = image.cpu()  # the truth lookups run on the CPU, wherever the chip comes from
         ids = image[0].round().to(torch.int64)
         ids = torch.where(self.normaliser.valid(image), ids, torch.zeros_like(ids))
         present = torch.unique(ids)
@@ -176,6 +177,7 @@ class DenseOracleFieldModel(OracleFieldModel):
         """Per chip ``extent``, ``boundary`` (probabilities) and ``valid``."""
         out = []
         for image in images:
+            image = image.cpu()
             valid = self.normaliser.valid(image)
             ids = torch.where(valid, image[0].round().to(torch.int64), 0)
             classes = label_classes(ids)

@@ -53,22 +53,35 @@ class RasterInfo:
         return abs(self.transform.a), abs(self.transform.e)
 
 
-#: GDAL's block cache while a scene is read strip by strip (MB). GDAL's default is 5 % of the
-#: machine's memory, which a whole Sentinel-2 tile read once fills (6 GB on a 128 GB machine)
-#: though no block is read twice; a strip of chips needs far less (about 70 MB for a 4-band
-#: uint16 tile at 256 px chips and 512 px blocks, 220 MB for 13 bands).
-STRIP_BLOCK_CACHE_MB = 256
+#: Bounds (bytes) of GDAL's block cache while a scene is read strip by strip. GDAL's default is
+#: 5 % of the machine's memory, which one pass over a whole Sentinel-2 tile fills (6 GB on a
+#: 128 GB machine) with blocks that are never read again.
+STRIP_CACHE_BOUNDS = (32 << 20, 512 << 20)
 
 
-def bounded_block_cache(megabytes: int = STRIP_BLOCK_CACHE_MB) -> contextlib.AbstractContextManager:
-    """Cap GDAL's block cache for a strip-by-strip read, unless the user set GDAL_CACHEMAX.
+def strip_block_cache(path: str | os.PathLike[str], rows: int) -> contextlib.AbstractContextManager:
+    """Cap GDAL's block cache at what reading ``rows``-row strips of the raster needs.
 
-    GDAL keeps the cap for the rest of the process: the cache only ever shrinks.
+    A strip and the next one share blocks; the cap holds two strips' worth of blocks (the
+    rows plus a block row, taken as at least 512 px tall, since a VRT's sources may have
+    taller blocks than the VRT), within :data:`STRIP_CACHE_BOUNDS`: about 135 MB for a 4-band
+    uint16 Sentinel-2 tile. GDAL's cache is process-wide: the cap holds for every reader in
+    the process while the context is open. Enter it before opening the raster: rasterio
+    puts the previous size back on exit only then. A ``GDAL_CACHEMAX`` the user set
+    (environment or ``rasterio.Env``) is left alone.
+
+    Raises:
+        InputFileError: the raster cannot be opened.
     """
     user_env = rasterio.env.getenv() if rasterio.env.hasenv() else {}
     if "GDAL_CACHEMAX" in os.environ or "GDAL_CACHEMAX" in user_env:
         return contextlib.nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=megabytes)
+    with open_raster(path) as src:
+        block_rows = max(512, *(height for height, _ in src.block_shapes))
+        itemsize = max(np.dtype(dtype).itemsize for dtype in src.dtypes)
+        need = 2 * (rows + block_rows) * src.width * src.count * itemsize
+    low, high = STRIP_CACHE_BOUNDS
+    return rasterio.Env(GDAL_CACHEMAX=int(min(max(need, low), high)))  # bytes
 
 
 def default_band_names(count: int) -> tuple[str, ...]:

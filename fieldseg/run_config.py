@@ -64,7 +64,10 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
     early_stopping_patience: int | None = Field(
-        5, ge=1, description="epochs without a better val segm mAP before stopping"
+        5,
+        ge=1,
+        description="epochs without a better val selection metric (segm mAP; U-Net: object "
+        "F1) before stopping",
     )
     seed: int = 0
     loader_workers: int | None = Field(None, ge=0, description="default: 0 on CPU, 4 on GPU")

@@ -171,6 +171,8 @@ def _train(
         history = list(state["history"])
         start_epoch = resumed.epoch
         best = tuple(state["best"]) if state["best"] is not None else None  # type: ignore[assignment]
+        if state.get("selection_metric", "segm_mAP") != model.selection_metric:
+            best = None  # chosen by another metric (an older version): not comparable
     # several processes: gradients are averaged across them (weights start equal: DDP
     # broadcasts the main process's at construction)
     trainable: torch.nn.Module = (
@@ -245,6 +247,7 @@ def _train(
             "scheduler": scheduler.state_dict(),
             "history": history,
             "best": list(best) if best is not None else None,
+            "selection_metric": model.selection_metric,
         }
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         save_checkpoint(run_dir / LAST, model, config=resolved, spec=spec, epoch=epoch,

@@ -33,6 +33,8 @@ def test_boxing_a_dense_stack_keeps_every_value(seed: int) -> None:
     for index in ([4, 0, 2], np.array([True, False, True, False, True, False])):
         assert torch.equal(boxed.select(index).dense(), stack[torch.as_tensor(index)])
     assert boxed.select([]).shape == (0, *stack.shape[1:])
+    with pytest.raises(ValueError, match="a selector of 2 for 6 masks"):
+        boxed.select(np.array([True, False]))
 
 
 def test_masks_from_a_label_image_take_their_values_in_tight_boxes() -> None:

@@ -180,6 +180,15 @@ def test_sparse_rows_one_dense_pass_and_boxed_masks_agree(monkeypatch: pytest.Mo
     for name in ("labels", "probability", "scores", "classes"):
         assert np.array_equal(getattr(sparse, name), getattr(dense, name))
         assert np.array_equal(getattr(boxed, name), getattr(dense, name))
+    # a score floor keeps a subset; half-precision crops read as the dense stack does
+    prediction.scores = torch.tensor([0.9, 0.3, 0.8])
+    prediction.masks = BoxedMasks.from_dense(soft.half())
+    boxed = resolve_chip(prediction, valid, min_pixels=1)
+    prediction.masks = soft.half()
+    dense = resolve_chip(prediction, valid, min_pixels=1)
+    assert len(boxed) == 2
+    for name in ("labels", "probability", "scores", "classes"):
+        assert np.array_equal(getattr(boxed, name), getattr(dense, name))
     assert np.allclose(sparse.probability[30:32, 0:8], 0.8)  # 1 - the faint evidence
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,14 @@ from rasterio.crs import CRS
 
 from fieldseg.errors import ConfigError, CRSError
 from fieldseg.raster_io import (
-    STRIP_BLOCK_CACHE_MB,
-    bounded_block_cache,
+    STRIP_CACHE_BOUNDS,
     check_nodata_value,
     crs_from_json,
     crs_to_json,
     nodata_mask,
     read_raster_info,
     same_nodata,
+    strip_block_cache,
     transform_from_json,
     transform_to_json,
     write_geotiff,
@@ -82,14 +83,43 @@ def test_same_nodata_and_value_checks() -> None:
             check_nodata_value(bad, "uint16", "--nodata")
 
 
+def _gdal_cache_max() -> int | None:
+    """GDAL's block cache size in bytes as GDAL itself reports it, where its library is found."""
+    import ctypes
+    import ctypes.util
+    import glob
+
+    found = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*"))
+    path = found[0] if found else ctypes.util.find_library("gdal")
+    if path is None:
+        return None
+    gdal = ctypes.CDLL(path)
+    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    return int(gdal.GDALGetCacheMax64())
+
+
 def test_strip_reads_cap_gdals_block_cache_unless_the_user_set_it(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
-    with bounded_block_cache():
-        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == STRIP_BLOCK_CACHE_MB
-    with rasterio.Env(GDAL_CACHEMAX=1024), bounded_block_cache():
-        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 1024
+    wide = tmp_path / "wide.tif"
+    write_geotiff(wide, np.zeros((4, 64, 40_000), np.uint16), crs=CRS.from_epsg(32633),
+                  transform=Affine(10, 0, 0, 0, -10, 0))  # fmt: skip
+    before = _gdal_cache_max()
+    # two strips of 256 + 512 rows x 40,000 px x 4 bands x 2 bytes
+    expected = 2 * (256 + 512) * 40_000 * 4 * 2
+    with strip_block_cache(wide, 256), rasterio.open(wide):
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == expected
+        if before is not None:  # what GDAL itself uses: bytes, not megabytes
+            assert _gdal_cache_max() == expected
+    assert _gdal_cache_max() == before  # the old size is back
+    narrow = tmp_path / "narrow.tif"
+    write_geotiff(narrow, np.zeros((4, 64, 64), np.uint16), crs=CRS.from_epsg(32633),
+                  transform=Affine(10, 0, 0, 0, -10, 0))  # fmt: skip
+    with strip_block_cache(narrow, 256):  # a small raster still gets the floor
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == STRIP_CACHE_BOUNDS[0]
+    with rasterio.Env(GDAL_CACHEMAX=1 << 30), strip_block_cache(wide, 256):
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 1 << 30
     monkeypatch.setenv("GDAL_CACHEMAX", "2048")
-    with bounded_block_cache():
+    with strip_block_cache(wide, 256):
         assert "GDAL_CACHEMAX" not in (rasterio.env.getenv() if rasterio.env.hasenv() else {})

@@ -73,8 +73,12 @@ def test_resume_continues_the_epoch_count(tiny_dataset: Path, tmp_path: Path) ->
     run_dir = tmp_path / "run"
     config = CONFIG.parent / "yolact_r18_cpu.yaml"
     train(tiny_dataset, config, run_dir, overrides=["training.batch_size=4", "training.epochs=1"])
+    # a best epoch chosen by another metric (a run of an older version) is not compared with
+    raw = torch.load(run_dir / "last.pt", weights_only=True)
+    raw["training_state"].update(best=[1, 99.0], selection_metric="something_else")
+    torch.save(raw, run_dir / "last.pt")
     summary = train(tiny_dataset, None, run_dir, resume=True, overrides=["training.epochs=2"])
-    assert summary.epochs_done == 2
+    assert summary.epochs_done == 2 and summary.best_epoch == 2
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert load_checkpoint(run_dir / "last.pt").epoch == 2

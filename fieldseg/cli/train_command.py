@@ -67,11 +67,13 @@ def train(
     overrides: tuple[str, ...],
     overwrite: bool,
 ) -> None:
-    """Train an instance model on a DATASET_DIR written by `fieldseg tile`.
+    """Train a field model on a DATASET_DIR written by `fieldseg tile`.
 
     Bands, their order and statistics come from the dataset; the recipe from the config. Every
-    epoch is validated with COCO mask and box mAP on the val split; the best epoch is kept as
-    OUTPUT/best.pt, the latest as OUTPUT/last.pt (both usable wherever a model is asked for).
+    epoch is validated with COCO mask and box mAP on the val split (the U-Net also with the
+    object F1 of its calibrated extraction); the best epoch by mask mAP (U-Net: object F1) is
+    kept as OUTPUT/best.pt, the latest as OUTPUT/last.pt (both usable wherever a model is
+    asked for).
     """
     from fieldseg.training import train as run_training
 

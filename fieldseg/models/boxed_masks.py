@@ -72,9 +72,17 @@ class BoxedMasks:
         return stack
 
     def select(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> BoxedMasks:
-        """The masks at ``index`` (integer positions or a boolean selector), in that order."""
+        """The masks at ``index`` (integer positions or a boolean selector), in that order.
+
+        Raises:
+            ValueError: a boolean selector whose length is not the number of masks.
+        """
+        if isinstance(index, torch.Tensor):
+            index = index.cpu()
         index = torch.as_tensor(np.asarray(index))
         if index.dtype == torch.bool:
+            if len(index) != len(self):
+                raise ValueError(f"a selector of {len(index)} for {len(self)} masks")
             index = index.nonzero().flatten()
         index = index.to(torch.int64)  # an empty list arrives as floats
         positions = index.tolist()
@@ -86,19 +94,30 @@ class BoxedMasks:
         )
 
     def touches_edge(self, threshold: float = 0.5) -> torch.Tensor:
-        """(N,) True where a mask above ``threshold`` reaches the chip's outermost row or column."""
-        out = torch.zeros(len(self), dtype=torch.bool)
+        """(N,) True where a mask above ``threshold`` reaches the chip's outermost row or column.
+
+        The edge rows and columns of all masks are compared at once (one copy from a GPU).
+        """
+        pieces, owners = [], []
         for i, (x0, y0, x1, y1) in enumerate(self.boxes.tolist()):
             if x0 == x1 or y0 == y1:
                 continue
             crop = self.crops[i]
-            out[i] = bool(
-                (y0 == 0 and (crop[0] > threshold).any())
-                or (y1 == self.height and (crop[-1] > threshold).any())
-                or (x0 == 0 and (crop[:, 0] > threshold).any())
-                or (x1 == self.width and (crop[:, -1] > threshold).any())
+            edges = (
+                (y0 == 0, crop[0]),
+                (y1 == self.height, crop[-1]),
+                (x0 == 0, crop[:, 0]),
+                (x1 == self.width, crop[:, -1]),
             )
-        return out.to(self.boxes.device)
+            for at_edge, values in edges:
+                if at_edge:
+                    pieces.append(values.reshape(-1))
+                    owners.append(np.full(values.numel(), i))
+        out = np.zeros(len(self), dtype=bool)
+        if pieces:
+            hit = (torch.cat(pieces) > threshold).cpu().numpy()
+            out[np.concatenate(owners)[hit]] = True
+        return torch.from_numpy(out).to(self.boxes.device)
 
     @classmethod
     def from_dense(cls, masks: torch.Tensor) -> BoxedMasks:
@@ -115,7 +134,7 @@ class BoxedMasks:
                 continue
             x0, y0, x1, y1 = int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
             boxes.append((x0, y0, x1, y1))
-            crops.append(masks[i, y0:y1, x0:x1])
+            crops.append(masks[i, y0:y1, x0:x1].clone())  # not views that keep the stack
         return cls(_box_tensor(boxes, masks.device), tuple(crops), height, width)
 
     @classmethod
@@ -125,13 +144,14 @@ class BoxedMasks:
         """One mask per label 1..``count`` of a (H, W) label image (0: none).
 
         Mask k is ``values`` on the pixels labelled k and 0 elsewhere (1 without ``values``),
-        cropped to the bounds of those pixels. A label with no pixel gives an empty mask.
+        cropped to the bounds of those pixels. A label with no pixel gives an empty mask. The
+        masks are made on the CPU, where the stitcher reads them, whatever the device of
+        ``values``.
         """
         from scipy import ndimage as ndi
 
         labels = np.asarray(labels)
         height, width = labels.shape
-        device = values.device if values is not None else torch.device("cpu")
         source = values.detach().float().cpu().numpy() if values is not None else None
         boxes, crops = [], []
         slices = ndi.find_objects(labels, max_label=count) if count else []
@@ -145,12 +165,8 @@ class BoxedMasks:
             crop = inside if source is None else np.where(inside, source[ys, xs], 0)
             boxes.append((xs.start, ys.start, xs.stop, ys.stop))
             crops.append(crop.astype(np.float32, copy=False))
-        return cls(
-            _box_tensor(boxes, device),
-            tuple(torch.from_numpy(c).to(device) for c in crops),
-            height,
-            width,
-        )
+        cpu = torch.device("cpu")
+        return cls(_box_tensor(boxes, cpu), tuple(map(torch.from_numpy, crops)), height, width)
 
 
 def _box_tensor(boxes: list[tuple[int, int, int, int]], device: torch.device) -> torch.Tensor:
