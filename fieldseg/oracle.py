@@ -136,9 +136,7 @@ class OracleFieldModel(FieldModel):
             grown = ndi.binary_dilation(own, structure=square) & touching[k][window]
             boxes.append((x0, y0, x1, y1))
             crops.append(torch.from_numpy((own | grown).astype(np.float32)))
-        return BoxedMasks(
-            torch.tensor(boxes, dtype=torch.int64).reshape(-1, 4), tuple(crops), height, width
-        )
+        return BoxedMasks.from_crops(boxes, crops, height, width)
 
 
 class DenseOracleFieldModel(OracleFieldModel):

@@ -171,7 +171,7 @@ def _train(
         history = list(state["history"])
         start_epoch = resumed.epoch
         best = tuple(state["best"]) if state["best"] is not None else None  # type: ignore[assignment]
-        if state.get("selection_metric", "segm_mAP") != model.selection_metric:
+        if state.get("selection_metric", FieldModel.selection_metric) != model.selection_metric:
             best = None  # chosen by another metric (an older version): not comparable
     # several processes: gradients are averaged across them (weights start equal: DDP
     # broadcasts the main process's at construction)

@@ -120,6 +120,19 @@ class BoxedMasks:
         return torch.from_numpy(out).to(self.boxes.device)
 
     @classmethod
+    def from_crops(
+        cls,
+        boxes: Sequence[tuple[int, int, int, int]],
+        crops: Sequence[torch.Tensor],
+        height: int,
+        width: int,
+        device: torch.device | str = "cpu",
+    ) -> BoxedMasks:
+        """Masks from plain ``(x0, y0, x1, y1)`` boxes and their crops (boxes on ``device``)."""
+        box_tensor = torch.tensor(list(boxes), dtype=torch.int64, device=device).reshape(-1, 4)
+        return cls(box_tensor, tuple(crops), height, width)
+
+    @classmethod
     def from_dense(cls, masks: torch.Tensor) -> BoxedMasks:
         """The boxed form of a (N, H, W) stack: each box the bounds of its nonzero pixels."""
         _, height, width = masks.shape
@@ -135,7 +148,7 @@ class BoxedMasks:
             x0, y0, x1, y1 = int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
             boxes.append((x0, y0, x1, y1))
             crops.append(masks[i, y0:y1, x0:x1].clone())  # not views that keep the stack
-        return cls(_box_tensor(boxes, masks.device), tuple(crops), height, width)
+        return cls.from_crops(boxes, crops, height, width, masks.device)
 
     @classmethod
     def from_labels(
@@ -165,9 +178,4 @@ class BoxedMasks:
             crop = inside if source is None else np.where(inside, source[ys, xs], 0)
             boxes.append((xs.start, ys.start, xs.stop, ys.stop))
             crops.append(crop.astype(np.float32, copy=False))
-        cpu = torch.device("cpu")
-        return cls(_box_tensor(boxes, cpu), tuple(map(torch.from_numpy, crops)), height, width)
-
-
-def _box_tensor(boxes: list[tuple[int, int, int, int]], device: torch.device) -> torch.Tensor:
-    return torch.tensor(boxes, dtype=torch.int64, device=device).reshape(-1, 4)
+        return cls.from_crops(boxes, [torch.from_numpy(c) for c in crops], height, width)

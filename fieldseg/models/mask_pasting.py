@@ -46,8 +46,7 @@ def paste_masks_in_boxes(
             continue
         out_boxes.append((left, top, right, bottom))
         crops.append(resized[0, 0, top - y0 : bottom - y0, left - x0 : right - x0])
-    box_tensor = torch.tensor(out_boxes, dtype=torch.int64, device=masks.device).reshape(-1, 4)
-    return BoxedMasks(box_tensor, tuple(crops), height, width)
+    return BoxedMasks.from_crops(out_boxes, crops, height, width, masks.device)
 
 
 class BoxedMaskTransform(GeneralizedRCNNTransform):
