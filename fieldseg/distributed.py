@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fieldseg.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -61,8 +63,17 @@ class DistContext:
             dist.destroy_process_group()
 
 
-def init_distributed() -> DistContext:
-    """Join the process group ``torchrun`` describes in the environment, if any."""
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the process group ``torchrun`` describes in the environment, if any.
+
+    Args:
+        device: the run's ``--device``: NCCL joins the GPUs unless it is ``cpu`` or no GPU is
+            present, gloo the CPUs otherwise.
+
+    Raises:
+        ConfigError: NCCL would need more GPUs on this node than it has (torchrun started
+            more processes per node than there are GPUs).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
@@ -70,11 +81,23 @@ def init_distributed() -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     owns = not dist.is_initialized()
     if owns:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = process_group_backend(device)
         if backend == "nccl":
+            gpus = torch.cuda.device_count()
+            if local_rank >= gpus:
+                raise ConfigError(
+                    f"process {local_rank} of this node has no GPU of its own ({gpus} here): "
+                    f"start at most {gpus} per node (torchrun --nproc_per_node {gpus}), or "
+                    "train on the CPUs with --device cpu"
+                )
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, owns_group=owns)
+
+
+def process_group_backend(device: str = "auto") -> str:
+    """``nccl`` where the run's processes take GPUs, ``gloo`` where they stay on the CPU."""
+    return "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
 
 
 def _collective_device() -> torch.device:

@@ -90,7 +90,7 @@ def train(
     Returns:
         What the run did and why it stopped.
     """
-    context = init_distributed()
+    context = init_distributed(device)
     try:
         return _train(context, dataset_dir, config_path, Path(run_dir), overrides=overrides,
                       device=device, resume=resume, pretrained=pretrained, weights=weights,

@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fieldseg.band_statistics import BandStatistics
-from fieldseg.distributed import DistContext, init_distributed
+from fieldseg.distributed import DistContext, init_distributed, process_group_backend
+from fieldseg.errors import ConfigError
 from fieldseg.models.base import ChipPrediction, FieldModel
 
 CONFIG = CPU_CONFIG
@@ -55,7 +56,7 @@ def _free_port() -> int:
 def _join(rank: int, world: int, port: int) -> DistContext:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    return init_distributed()
+    return init_distributed("cpu")  # gloo, also where a GPU is present
 
 
 def _items() -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
@@ -98,7 +99,7 @@ def _train_rank(rank: int, world: int, port: int, dataset: str, run_dir: str) ->
     from fieldseg.training import train
 
     _join(rank, world, port)
-    summary = train(dataset, CONFIG, run_dir, overrides=FAST)
+    summary = train(dataset, CONFIG, run_dir, overrides=FAST, device="cpu")
     assert summary.epochs_done == 1
 
 
@@ -118,3 +119,22 @@ def test_fieldseg_train_runs_in_two_gloo_processes(tmp_path: Path) -> None:
     assert {"best.pt", "last.pt", "config.yaml", "training_curves.png"} <= {
         p.name for p in run_dir.iterdir()
     }
+
+
+def test_the_backend_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert process_group_backend("auto") == process_group_backend("cuda") == "nccl"
+    assert process_group_backend("cpu") == "gloo"  # --device cpu trains on CPUs with a GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_group_backend("auto") == "gloo"
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"--nproc_per_node 1.*--device cpu"):
+        init_distributed("auto")
+    assert not dist.is_initialized()

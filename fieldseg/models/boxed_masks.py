@@ -96,12 +96,17 @@ class BoxedMasks:
     def touches_edge(self, threshold: float = 0.5) -> torch.Tensor:
         """(N,) True where a mask above ``threshold`` reaches the chip's outermost row or column.
 
-        The edge rows and columns of all masks are compared at once (one copy from a GPU).
+        Only masks whose box reaches an edge are read (most boxes lie inside the chip), and
+        their edge rows and columns are compared at once (one copy from a GPU).
         """
+        boxes = self.boxes.cpu().numpy()
+        x0s, y0s, x1s, y1s = boxes.T
+        reaching = ((x0s < x1s) & (y0s < y1s)) & (
+            (y0s == 0) | (y1s == self.height) | (x0s == 0) | (x1s == self.width)
+        )
         pieces, owners = [], []
-        for i, (x0, y0, x1, y1) in enumerate(self.boxes.tolist()):
-            if x0 == x1 or y0 == y1:
-                continue
+        for i in np.flatnonzero(reaching).tolist():
+            x0, y0, x1, y1 = boxes[i].tolist()
             crop = self.crops[i]
             edges = (
                 (y0 == 0, crop[0]),
