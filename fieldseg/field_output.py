@@ -113,8 +113,10 @@ class FieldWriter:
                 meta,
                 reader,
             ):
+                # the layer is named for the output, not the temporary file written first
                 pyogrio.write_arrow(reader, self._tmp, driver=VECTOR_DRIVERS[self.format],
-                                    crs=meta["crs"], geometry_type=GEOMETRY_TYPE,
+                                    layer=self.path.stem, crs=meta["crs"],
+                                    geometry_type=GEOMETRY_TYPE,
                                     geometry_name=meta["geometry_name"] or "geometry")  # fmt: skip
         with contextlib.suppress(FileNotFoundError):
             self._staging.unlink()

@@ -20,6 +20,7 @@ import shapely
 from pyproj import CRS, Geod
 from rasterio import features
 from rasterio.transform import Affine
+from shapely.geometry.polygon import orient
 
 from fieldseg.stitching import FieldBatch
 
@@ -185,11 +186,13 @@ def true_area_perimeter(polygons: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.
     """Areas (m2) and perimeters (m, holes included) of polygons in ``crs``."""
     crs = CRS.from_user_input(crs)
     if crs.is_geographic:
+        # pyproj signs each ring's area by its orientation and measures the exterior's length
+        # only: orient holes against the shell, and measure the length of every ring
         geod = crs.get_geod() or Geod(ellps="WGS84")
-        figures = np.array([geod.geometry_area_perimeter(p) for p in polygons], dtype=np.float64)
-        if figures.size == 0:
-            return np.zeros(0), np.zeros(0)
-        return np.abs(figures[:, 0]), figures[:, 1]
+        oriented = [orient(p, sign=1.0) for p in polygons]
+        area = np.array([geod.geometry_area_perimeter(p)[0] for p in oriented], np.float64)
+        perimeter = np.array([geod.geometry_length(p.boundary) for p in oriented], np.float64)
+        return np.abs(area), perimeter
     unit = _metres_per_unit(crs)
     return shapely.area(polygons) * unit**2, shapely.length(polygons) * unit
 

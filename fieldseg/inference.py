@@ -62,6 +62,9 @@ DEFAULT_CHIP_SIZE = 256
 MIN_FIELD_PIXELS = 4
 #: How chips are joined (``predict_scene``'s ``seams``).
 SEAM_MODES = ("auto", "instances", "blend")
+#: A band whose 2-98 % spread differs from the trained one by more than this factor, either
+#: way, is scaled differently (reflectance against digital numbers differ by 10,000).
+SCALE_RATIO = 50.0
 
 
 @dataclass
@@ -151,6 +154,11 @@ def predict_scene(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     if simplify_m < 0:
         raise ConfigError(f"--simplify-m must be >= 0, got {simplify_m}")
+    if debug_layers and Path(output).suffix.lower() != ".gpkg":
+        raise ConfigError(
+            f"--debug-layers adds layers to a GeoPackage; {Path(output).name} holds one layer "
+            "(write a .gpkg to see the chips and seams)"
+        )
     loaded = _load_model(model)
     chip_size = chip_size or loaded.chip_size
     overlap = chip_size // 4 if overlap is None else overlap
@@ -194,6 +202,7 @@ def predict_scene(
         min_area = MIN_FIELD_PIXELS * pixel_m2 if min_area_m2 is None else min_area_m2
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
+        _warn_if_dense_grid(chip_size, overlap, len(rows) * len(cols))
         rasters: ProbabilityRasterWriter | None = None
         if write_rasters is not None:
             params = net.extraction_params  # type: ignore[attr-defined]
@@ -279,6 +288,11 @@ def predict_scene(
                 timings["stitch"] += time.perf_counter() - tick
                 if batch is not None:
                     _write_batch(batch, writer, tracer, timings)
+            if n_skipped == len(rows) * len(cols):
+                raise InputFileError(
+                    f"{info.path} holds no data in the area to predict (every pixel is nodata"
+                    f"{' or outside the extent' if aoi is not None else ''}): no output written"
+                )
             if debug_layers:
                 _write_debug_layers(writer, rows, cols, chip_size, area_transform, info)
     timings["total"] = time.perf_counter() - started
@@ -429,10 +443,29 @@ def _check_bands(info: RasterInfo, model: FieldModel) -> None:
         )
 
 
+def _warn_if_dense_grid(chip_size: int, overlap: int, n_chips: int) -> None:
+    """Warn when the overlap leaves so short a stride that each pixel is predicted many times.
+
+    ``--chip-size 64 --overlap 63`` is more likely a typo than a plan: 64 x 64 chips per pixel.
+    """
+    stride = chip_size - overlap
+    if stride * 4 < chip_size:
+        logger.warning(
+            "--overlap %d leaves a stride of %d px between %d px chips: %d chips, each pixel "
+            "predicted about %d times",
+            overlap, stride, chip_size, n_chips, round((chip_size / stride) ** 2),
+        )  # fmt: skip
+
+
 def _warn_if_statistics_differ(
     src: rasterio.DatasetReader, info: RasterInfo, model: FieldModel, window: Window
 ) -> None:
-    """Warn when a band's median lies far outside the range the model was trained on."""
+    """Warn when a band's values are far from those the model was trained on.
+
+    Far means its median lies far outside the trained 2-98 % range, or its own 2-98 % spread is
+    of another order of magnitude (a reflectance scene of 0-1 values for a model trained on
+    digital numbers of 0-10,000, whose median the range test alone would let pass).
+    """
     scale = max(1, math.ceil(max(window.width, window.height) / 512))
     shape = (info.count, max(1, int(window.height) // scale), max(1, int(window.width) // scale))
     try:
@@ -448,11 +481,14 @@ def _warn_if_statistics_differ(
         keep = ~missing
         if not keep.any():
             continue
-        median = float(np.median(data[keep]))
+        p2, median, p98 = (float(v) for v in np.percentile(data[keep], (2, 50, 98)))
         spread = max(high[band] - low[band], 1e-6)
-        if median < low[band] - spread or median > high[band] + spread:
+        # a flat band (no spread at all, a small uniform area) says nothing about its scale
+        rescaled = p98 > p2 and not spread / SCALE_RATIO <= p98 - p2 <= spread * SCALE_RATIO
+        if median < low[band] - spread or median > high[band] + spread or rescaled:
             name = model.band_names[band]
-            far.append(f"{name} (median {median:g}, trained {low[band]:g}-{high[band]:g})")
+            far.append(f"{name} (median {median:g}, 2-98 % {p2:g}-{p98:g}; trained "
+                       f"{low[band]:g}-{high[band]:g})")  # fmt: skip
     if far:
         logger.warning(
             "the scene's values are far from those the model was trained on: %s; "

@@ -227,6 +227,21 @@ def test_areas_are_true_metres_in_a_geographic_crs() -> None:
     assert area[0] == 1e6 and perimeter[0] == 4000
 
 
+@pytest.mark.parametrize("hole_ccw", [True, False])
+def test_holes_count_in_geographic_areas_and_perimeters(hole_ccw: bool) -> None:
+    """A 1 km square with a 200 m hole: 0.96 km2 and 4.8 km of edge, whichever way the hole
+    runs (pyproj alone adds a hole running like the shell and measures the shell only)."""
+    hole = shapely.box(500400, 5000400, 500600, 5000600).exterior.coords
+    holed = shapely.Polygon(
+        shapely.box(500000, 5000000, 501000, 5001000).exterior.coords,
+        [hole if hole_ccw else list(hole)[::-1]],
+    )
+    for polygon, crs in ((holed, 32633), (gpd.GeoSeries([holed], crs=32633).to_crs(4326)[0], 4326)):
+        area, perimeter = true_area_perimeter(np.asarray([polygon]), gpd.GeoSeries(crs=crs).crs)
+        assert area[0] == pytest.approx(0.96e6, rel=0.005)
+        assert perimeter[0] == pytest.approx(4800, rel=0.005)
+
+
 def test_bad_input_is_one_clear_error(scene: OracleScene, tmp_path: Path) -> None:
     out = tmp_path / "fields.gpkg"
     with pytest.raises(InputFileError, match=r"has 4 bands; the model was trained on 1"):
@@ -322,3 +337,94 @@ def test_predict_reads_the_scene_under_a_bounded_block_cache(
     predict_scene(scene.ids, model, tmp_path / "f.gpkg", chip_size=128, overlap=32,
                   show_progress=False)  # fmt: skip
     assert model.caps == {STRIP_CACHE_BOUNDS[0]}  # a 320 px scene needs less than the floor
+
+
+def test_a_scene_without_data_is_one_clear_error(scene: OracleScene, tmp_path: Path) -> None:
+    with rasterio.open(scene.ids) as src:
+        profile = {**src.profile, "nodata": -1}
+        shape = (src.height, src.width)
+    empty = OracleScene(tmp_path)
+    empty.ids = tmp_path / "ids_empty.tif"
+    with rasterio.open(empty.ids, "w", **profile) as dst:
+        dst.write(np.full((1, *shape), -1, np.int32))
+    out = tmp_path / "fields.gpkg"
+    with pytest.raises(InputFileError, match="holds no data in the area to predict"):
+        _predict(empty, out, chip_size=64, overlap=16, model=OracleFieldModel(nodata=-1))
+    assert not out.exists()
+    # an extent over data predicts as before
+    assert len(_predict(scene, tmp_path / "some.gpkg", chip_size=64, overlap=16)) > 100
+
+
+def test_debug_layers_need_a_geopackage(scene: OracleScene, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--debug-layers .* fields\.fgb holds one layer"):
+        _predict(scene, tmp_path / "fields.fgb", debug_layers=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extension", [".fgb", ".geojson"])
+def test_single_layer_outputs_name_their_layer_after_the_file(
+    scene: OracleScene, tmp_path: Path, extension: str
+) -> None:
+    import pyogrio
+
+    out = tmp_path / f"my_fields{extension}"
+    _predict(scene, out, chip_size=128, overlap=32)
+    assert [str(name) for name, _ in pyogrio.list_layers(out)] == ["my_fields"]
+
+
+def test_a_stride_of_a_few_pixels_is_warned_about(
+    scene: OracleScene, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with rasterio.open(scene.ids) as src:
+        left, top = src.bounds.left, src.bounds.top
+    box = (left, top - 500, left + 500, top)  # 50 x 50 px: few chips even with a short stride
+    _predict(scene, tmp_path / "dense.gpkg", chip_size=32, overlap=28, bbox=box)
+    assert "leaves a stride of 4 px between 32 px chips" in caplog.text
+    caplog.clear()
+    _predict(scene, tmp_path / "usual.gpkg", chip_size=32, overlap=8, bbox=box)
+    assert "stride" not in caplog.text
+
+
+def _scene_and_model(
+    tmp_path: Path, values: np.ndarray
+) -> tuple[rasterio.DatasetReader, object, object]:
+    """A 1-band scene of ``values`` and a stand-in model trained on values 300-2200."""
+    from types import SimpleNamespace
+
+    from fieldseg.raster_io import raster_info
+
+    path = tmp_path / "scene.tif"
+    profile = {"driver": "GTiff", "height": values.shape[0], "width": values.shape[1],
+               "count": 1, "dtype": values.dtype.name, "crs": "EPSG:32633",
+               "transform": rasterio.Affine(10, 0, 500000, 0, -10, 5000000)}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values[None])
+    model = SimpleNamespace(
+        normaliser=SimpleNamespace(low=torch.tensor([300.0]), high=torch.tensor([2200.0])),
+        band_names=["red"],
+    )
+    src = rasterio.open(path)
+    return src, raster_info(src), model
+
+
+@pytest.mark.parametrize(
+    ("values", "warned"),
+    [
+        (np.linspace(250, 2400, 64 * 64, dtype=np.float32), False),  # as trained
+        (np.linspace(0.02, 0.25, 64 * 64, dtype=np.float32), True),  # reflectance, not DN
+        (np.linspace(25000, 60000, 64 * 64, dtype=np.float32), True),  # far above
+        (np.full(64 * 64, 900, dtype=np.float32), False),  # flat but in range: no scale to judge
+    ],
+    ids=["as-trained", "reflectance", "far-above", "flat"],
+)
+def test_a_scene_scaled_unlike_the_training_data_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, values: np.ndarray, warned: bool
+) -> None:
+    from rasterio.windows import Window
+
+    from fieldseg.inference import _warn_if_statistics_differ
+
+    src, info, model = _scene_and_model(tmp_path, values.reshape(64, 64))
+    with src:
+        _warn_if_statistics_differ(src, info, model, Window(0, 0, 64, 64))  # type: ignore[arg-type]
+    assert ("check the bands and their scaling" in caplog.text) == warned
