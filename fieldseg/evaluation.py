@@ -23,6 +23,12 @@ Label modes, with the names ``fieldseg tile`` uses:
 
 Areas and sizes are in square metres of the metric CRS: the truth's CRS when projected, else
 the UTM zone of the truth's centre, so size bins mean true hectares.
+
+What cannot be scored is refused before any rasterising, since it would otherwise come out as
+plausible-looking figures (all 1 for two empty sets, all 0 for a file mix-up): a truth without a
+field polygon (as ``fieldseg tile`` refuses such labels), predictions whose extent does not
+overlap the truth's (a wrong CRS or the wrong file), and a label extent holding no truth field.
+Predictions may be empty: a model may find nothing, which scores recall 0.
 """
 
 from __future__ import annotations
@@ -156,7 +162,9 @@ def evaluate_files(
         on_stage: called with a short text as each stage starts (progress for the CLI).
 
     Raises:
-        InputFileError, CRSError: unreadable files, no CRS, coordinates that do not fit the CRS.
+        InputFileError, CRSError: unreadable files, no CRS, coordinates that do not fit the CRS;
+            and whatever :func:`evaluate_fields` refuses (no truth field polygon, extents that
+            do not overlap, a label extent without truth fields).
         ConfigError: both label modes at once.
     """
     if label_extent is not None and sparse:
@@ -215,6 +223,12 @@ def evaluate_fields(
         threshold, ``mean_f1`` and ``f1_by_iou``), ``by_size`` (the object figures per size
         bin), ``pixel`` (extent and boundary figures, or None), ``mask_ap`` (or None, with the
         reason in ``mask_ap_skipped``), ``settings`` and ``seconds``; plus each field's status.
+
+    Raises:
+        InputFileError: the truth holds no polygon with an area; the predictions' extent does
+            not overlap the truth's; the label extent holds no truth field. Nothing could be
+            scored, so this is refused rather than reported as zeros (or ones).
+        ConfigError: both label modes, or the sets not in one projected CRS.
     """
     settings = settings or EvaluationSettings()
     if label_extent is not None and sparse:
@@ -227,7 +241,17 @@ def evaluate_fields(
     clock = time.perf_counter()
     n_truth_read, n_predicted_read = len(truth), len(predicted)
     truth = _prepared(truth, "truth")
+    if truth.empty:  # the labels check of `tile` (load_field_labels), on repaired_polygons
+        held = (
+            f"its {n_truth_read} feature(s) are points, lines or empty geometries"
+            if n_truth_read
+            else "it has no features"
+        )
+        raise InputFileError(
+            f"the truth holds no field polygon with an area: {held}; nothing to evaluate against"
+        )
     predicted = _prepared(predicted, "predicted")
+    _check_extents_overlap(predicted, truth)
     n_without_area = {
         "truth": n_truth_read - len(truth),
         "predicted": n_predicted_read - len(predicted),
@@ -238,7 +262,10 @@ def evaluate_fields(
     if label_extent is not None:
         mode = "label_extent"
         region = shapely.make_valid(label_extent)
-        truth = truth[_mostly_inside(truth.geometry.to_numpy(), region)]
+        inside = _mostly_inside(truth.geometry.to_numpy(), region)
+        if not inside.any():
+            _refuse_extent_without_truth(region, truth)
+        truth = truth[inside]
         predicted = predicted[_mostly_inside(predicted.geometry.to_numpy(), region)]
     elif sparse:
         mode = "sparse"
@@ -343,7 +370,12 @@ def evaluate_fields(
 
 
 def _read_fields(path: str | os.PathLike[str], name: str) -> gpd.GeoDataFrame:
+    """Read one set; an empty truth file is refused here already, naming the file."""
     frame = read_vector(path)
+    if len(frame) == 0 and name == "truth":
+        raise InputFileError(
+            f"the truth file {path} holds no features: nothing to evaluate against"
+        )
     if len(frame) == 0:
         logger.warning("the %s file %s holds no features", name, path)
     check_coordinates_fit_crs(frame, path)
@@ -381,6 +413,52 @@ def _mostly_inside(geometries: np.ndarray, region: BaseGeometry) -> np.ndarray:
     shapely.prepare(region)
     inside = shapely.area(shapely.intersection(geometries, region))
     return inside > EXTENT_SHARE * shapely.area(geometries)
+
+
+def _check_extents_overlap(predicted: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> None:
+    """Refuse predictions whose bounding box does not overlap the truth's (empty ones pass).
+
+    Disjoint sets have nothing to match: every figure would be 0, and the grid covering both
+    could be huge (two files 300 km apart make a 30000 x 30000 px grid). It is almost always a
+    wrong CRS (a file's coordinates read in another CRS land far away) or the wrong file.
+    """
+    if predicted.empty:
+        return
+    p_bounds, t_bounds = predicted.total_bounds, truth.total_bounds
+    apart = (
+        p_bounds[0] >= t_bounds[2]
+        or t_bounds[0] >= p_bounds[2]
+        or p_bounds[1] >= t_bounds[3]
+        or t_bounds[1] >= p_bounds[3]
+    )
+    if apart:
+        raise InputFileError(
+            f"the predicted fields ({_bounds_text(p_bounds)}) and the truth fields "
+            f"({_bounds_text(t_bounds)}) do not overlap in {truth.crs.to_string()}: "
+            "nothing can be matched; is a file's CRS wrong, or are they files of different areas?"
+        )
+
+
+def _refuse_extent_without_truth(region: BaseGeometry, truth: gpd.GeoDataFrame) -> None:
+    """Raise the error for a label extent in which no truth field counts."""
+    where = f"the label extent ({_bounds_text(region.bounds)})"
+    crs = truth.crs.to_string()
+    if not shapely.intersects(truth.geometry.to_numpy(), region).any():
+        raise InputFileError(
+            f"{where} overlaps no truth field (the truth: {_bounds_text(truth.total_bounds)}) "
+            f"in {crs}: nothing can be scored there; "
+            "is it the area of interest of this truth, with the right CRS?"
+        )
+    raise InputFileError(
+        f"{where} holds no truth field: none lies more than {EXTENT_SHARE:.0%} inside it, "
+        "so nothing can be scored there"
+    )
+
+
+def _bounds_text(bounds: Any) -> str:
+    """Bounds ``(xmin, ymin, xmax, ymax)`` as text in whole CRS units, for error messages."""
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    return f"x {xmin:.0f} to {xmax:.0f}, y {ymin:.0f} to {ymax:.0f}"
 
 
 def _overlapping_drawn(predicted: np.ndarray, drawn: np.ndarray) -> np.ndarray:

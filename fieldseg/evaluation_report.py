@@ -34,12 +34,15 @@ def format_table(report: dict[str, Any]) -> str:
     """The headline figures of a report as aligned text."""
     obj = report["object"]
     counts = report["counts"]
+    # with no predictions, precision is 0 by the matching rules (object_matching, rule 4);
+    # say so, since the by-size rows show n/a where a bin has no predictions
+    precision = _f(obj["precision"]) + (" (no predictions)" if obj["n_predicted"] == 0 else "")
     lines = [
         f"{counts['n_predicted']} predicted vs {counts['n_truth']} truth fields "
         f"(label mode: {report['label_mode']}; CRS {report['inputs']['crs']})",
         "",
         f"objects (IoU > {obj['iou_threshold']:.2f}, one to one)",
-        f"  precision {_f(obj['precision'])}   recall {_f(obj['recall'])}   F1 {_f(obj['f1'])}"
+        f"  precision {precision}   recall {_f(obj['recall'])}   F1 {_f(obj['f1'])}"
         f"   (TP {obj['tp']}, FP {obj['fp']}, FN {obj['fn']})",
         f"  mean F1 over IoU 0.50:0.95   {_f(obj['mean_f1'])}",
         f"  over-segmentation:  {obj['n_split_truth']} truth fields split "

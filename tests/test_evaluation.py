@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 import shapely
 from click.testing import CliRunner
+from conftest import assert_user_error, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from shapely.affinity import translate
 from shapely.geometry import box
 
+import fieldseg.evaluation
 from fieldseg.cli import main
-from fieldseg.errors import ConfigError
+from fieldseg.errors import ConfigError, InputFileError
 from fieldseg.evaluation import EvaluationSettings, evaluate_fields, evaluate_files
-from fieldseg.evaluation_report import write_error_layers
+from fieldseg.evaluation_report import format_table, write_error_layers
 
 CRS = "EPSG:32633"
 X0, Y0 = 500_000.0, 5_000_000.0
@@ -165,13 +168,109 @@ def test_both_label_modes_at_once_are_refused() -> None:
         evaluate_fields(fields, fields, label_extent=square(0, 0), sparse=True)
 
 
-def test_empty_sets() -> None:
-    empty = frame([])
-    some = frame([square(0, 0)])
-    both = evaluate_fields(empty, empty, settings=FAST).report["object"]
-    assert both["f1"] == 1.0
-    no_pred = evaluate_fields(empty, some, settings=FAST).report["object"]
-    assert (no_pred["recall"], no_pred["f1"], no_pred["fn"]) == (0.0, 0.0, 1)
+def test_empty_predictions_score_zero_and_the_headline_says_why() -> None:
+    evaluation = evaluate_fields(frame([]), frame([square(0, 0)]), settings=FAST)
+    obj = evaluation.report["object"]
+    assert (obj["precision"], obj["recall"], obj["f1"], obj["fn"]) == (0.0, 0.0, 0.0, 1)
+    table = evaluation.table()
+    assert "precision 0.000 (no predictions)   recall 0.000" in table
+    assert evaluation.report["by_size"]["1-5 ha"]["precision"] is None  # printed n/a
+    some = evaluate_fields(frame([square(0, 0)]), frame([square(0, 0)]), settings=FAST)
+    assert "(no predictions)" not in format_table(some.report)
+
+
+@pytest.mark.parametrize(
+    "geometries",
+    [
+        [],
+        [shapely.Point(X0, Y0), shapely.Point(X0 + 50, Y0 + 50)],
+        [shapely.Polygon(), None],
+        [shapely.LineString([(X0, Y0), (X0 + 100, Y0)])],
+    ],
+    ids=["no features", "points", "empty geometries", "a line"],
+)
+def test_truth_without_field_polygons_is_refused(geometries: list[shapely.Geometry]) -> None:
+    predicted = frame([square(0, 0)])
+    with pytest.raises(InputFileError, match="the truth holds no field polygon with an area"):
+        evaluate_fields(predicted, frame(geometries), settings=FAST)
+    with pytest.raises(InputFileError, match="no field polygon"):
+        evaluate_fields(predicted, frame(geometries), sparse=True, settings=FAST)
+
+
+def test_truth_files_without_field_polygons_are_refused(tmp_path: Path) -> None:
+    predicted_path, _ = _write_pair(tmp_path)
+    empty, points = tmp_path / "empty.gpkg", tmp_path / "points.gpkg"
+    frame([]).to_file(empty)
+    frame([shapely.Point(X0, Y0)]).to_file(points)
+    with pytest.raises(InputFileError, match=r"empty\.gpkg holds no features"):
+        evaluate_files(predicted_path, empty, settings=FAST)
+    with pytest.raises(InputFileError, match="no field polygon with an area"):
+        evaluate_files(predicted_path, points, settings=FAST)
+    assert_user_error(run("evaluate", predicted_path, empty), "holds no features")
+    assert_user_error(run("evaluate", predicted_path, points), "no field polygon")
+    # empty predictions are allowed: a model may find nothing
+    result = run("evaluate", empty, tmp_path / "truth.gpkg", "--no-mask-ap")
+    assert result.exit_code == 0, result.output
+    assert "0 predicted vs 9 truth fields" in result.output
+
+
+def test_label_extent_without_truth_fields_is_refused(tmp_path: Path) -> None:
+    truth = frame(grid_fields(3))
+    predicted = frame(grid_fields(3))
+    far = square(50_000, 50_000)  # outside both sets
+    with pytest.raises(InputFileError, match="overlaps no truth field") as raised:
+        evaluate_fields(predicted, truth, label_extent=far, settings=FAST)
+    assert "x 550000 to 550100, y 5050000 to 5050100" in str(raised.value)  # the AOI
+    assert "x 500000 to 500300, y 5000000 to 5000300" in str(raised.value)  # the truth
+    sliver = square(280, 0, 100)  # a fifth of three fields: none mostly inside
+    with pytest.raises(InputFileError, match="holds no truth field"):
+        evaluate_fields(predicted, truth, label_extent=sliver, settings=FAST)
+    predicted_path, truth_path = _write_pair(tmp_path)
+    aoi = tmp_path / "aoi.gpkg"
+    frame([far]).to_file(aoi)
+    assert_user_error(
+        run("evaluate", predicted_path, truth_path, "--label-extent", aoi),
+        "label extent",
+        "overlaps no truth field",
+    )
+
+
+def test_disjoint_extents_are_refused_before_any_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_grid(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a grid was built for disjoint sets")
+
+    monkeypatch.setattr(fieldseg.evaluation.EvaluationGrid, "covering", no_grid)
+    truth = frame(grid_fields(3))
+    shifted = frame([translate(g, 300_000, 0) for g in grid_fields(3)])
+    for predicted, reference in ((shifted, truth), (truth, shifted)):
+        with pytest.raises(InputFileError, match="do not overlap in EPSG:32633") as raised:
+            evaluate_fields(predicted, reference)
+        assert "CRS" in str(raised.value)
+    message = str(raised.value)
+    assert "predicted fields (x 500000 to 500300, y 5000000 to 5000300)" in message
+    assert "truth fields (x 800000 to 800300, y 5000000 to 5000300)" in message
+    touching = frame([translate(g, 300, 0) for g in grid_fields(3)])
+    with pytest.raises(InputFileError, match="do not overlap"):
+        evaluate_fields(touching, truth, settings=FAST)
+
+
+def test_partly_overlapping_sets_are_evaluated() -> None:
+    truth = frame(grid_fields(3))
+    predicted = frame([translate(g, 200, 0) for g in grid_fields(3)])
+    report = evaluate_fields(predicted, truth, settings=EvaluationSettings(mask_ap=False)).report
+    assert report["counts"] == {"n_truth": 9, "n_predicted": 9}
+    assert (report["object"]["tp"], report["object"]["fp"]) == (3, 6)
+    assert report["pixel"]["pixel_iou"] == pytest.approx(3 / 15)
+
+
+def test_disjoint_files_are_refused_on_the_command_line(tmp_path: Path) -> None:
+    predicted_path, truth_path = _write_pair(tmp_path)
+    moved = tmp_path / "moved.gpkg"
+    truth = gpd.read_file(truth_path)
+    truth.set_geometry(truth.geometry.translate(100_000, 0)).to_file(moved)
+    assert_user_error(
+        run("evaluate", predicted_path, moved), "do not overlap", "x 600000 to 600300", "CRS"
+    )
 
 
 def test_predictions_in_another_crs_are_reprojected(tmp_path: Path) -> None:
@@ -299,7 +398,7 @@ def _field_sets(draw: st.DrawFn) -> tuple[list[shapely.Polygon], list[shapely.Po
                 out.append(candidate)
         return out
 
-    return rects(draw(st.integers(0, 6))), rects(draw(st.integers(0, 6)))
+    return rects(draw(st.integers(1, 6))), rects(draw(st.integers(1, 6)))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -308,13 +407,21 @@ def test_swapping_the_sets_swaps_precision_and_recall(
     sets: tuple[list[shapely.Polygon], list[shapely.Polygon]],
 ) -> None:
     a, b = sets
+    ax0, ay0, ax1, ay1 = shapely.total_bounds(a)
+    bx0, by0, bx1, by1 = shapely.total_bounds(b)
+    if ax0 >= bx1 or bx0 >= ax1 or ay0 >= by1 or by0 >= ay1:  # nothing to match: refused
+        for predicted, truth in ((a, b), (b, a)):
+            with pytest.raises(InputFileError, match="do not overlap"):
+                evaluate_fields(frame(predicted), frame(truth), settings=FAST)
+        return
     forward = evaluate_fields(frame(a), frame(b), settings=FAST).report["object"]
     backward = evaluate_fields(frame(b), frame(a), settings=FAST).report["object"]
     assert forward["precision"] == backward["recall"]
     assert forward["recall"] == backward["precision"]
     assert forward["f1"] == backward["f1"]
     assert forward["tp"] + forward["fn"] == len(b)
-    assert 0.0 <= forward["mean_f1"] <= forward["f1"] <= 1.0
+    # the mean of equal F1s may differ from them in the last bit
+    assert 0.0 <= forward["mean_f1"] <= forward["f1"] + 1e-12 <= 1.0 + 1e-12
 
 
 def test_invalid_geometries_are_repaired_and_non_polygons_left_out() -> None:
@@ -335,3 +442,43 @@ def test_invalid_geometries_are_repaired_and_non_polygons_left_out() -> None:
     assert report["inputs"]["n_predicted_read"] == 5
     assert report["inputs"]["n_without_area"] == {"truth": 0, "predicted": 3}
     assert report["object"]["f1"] == 1.0
+
+
+@pytest.mark.parametrize("option", ["-o", "--plot", "--errors"])
+def test_cli_checks_every_output_path_before_evaluating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    def no_evaluation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the evaluation started before the outputs were checked")
+
+    monkeypatch.setattr(fieldseg.evaluation, "evaluate_files", no_evaluation)
+    predicted_path, truth_path = _write_pair(tmp_path)
+    name = {"-o": "report.json", "--plot": "map.png", "--errors": "errors.gpkg"}[option]
+    folder = tmp_path / name  # a directory named like the file
+    (folder / "inside").mkdir(parents=True)
+    for extra in ([], ["--overwrite"]):
+        result = run("evaluate", predicted_path, truth_path, option, folder, *extra)
+        assert_user_error(result, str(folder))
+    assert_user_error(
+        run("evaluate", predicted_path, truth_path, option, folder, "--overwrite"),
+        "is a directory, expected a file",
+    )
+    through_file = predicted_path / name  # a folder that is a file
+    assert_user_error(
+        run("evaluate", predicted_path, truth_path, option, through_file), "is a file"
+    )
+    if Path("/proc").is_dir():  # a folder that takes no files, even for root
+        assert_user_error(
+            run("evaluate", predicted_path, truth_path, option, Path("/proc") / name),
+            "cannot write /proc/",
+        )
+    assert (folder / "inside").is_dir() and predicted_path.is_file()
+
+
+def test_cli_output_in_a_new_folder_is_still_written(tmp_path: Path) -> None:
+    predicted_path, truth_path = _write_pair(tmp_path)
+    report = tmp_path / "new" / "deeper" / "report.json"
+    result = run("evaluate", predicted_path, truth_path, "--no-mask-ap", "-o", report)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["object"]["tp"] == 7
+    assert [p.name for p in tmp_path.rglob(".fieldseg-probe*")] == []
