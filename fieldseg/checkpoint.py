@@ -10,6 +10,7 @@ code. Wherever a checkpoint is asked for, a run folder works too (meaning its ``
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,43 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def read_torch_file(path: str | os.PathLike[str], what: str) -> Any:
+    """Load a file saved by ``torch.save``, safely (``weights_only=True``), or fail in one line.
+
+    PyTorch's own message for a file it cannot load this way spans many lines and advises
+    ``weights_only=False``, which would let the file run code: it is never shown. What is kept
+    is a short reason where there is a useful one (the file is empty, holds a Python object).
+
+    Args:
+        path: the file.
+        what: what the file should have been, for the message (``"a fieldseg checkpoint"``).
+
+    Raises:
+        InputFileError: ``path`` cannot be read, or PyTorch cannot load it safely.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise InputFileError(f"cannot read {path}: {exc.strerror or first_line(exc)}") from exc
+    except Exception as exc:  # zip, pickle and type errors all mean: not a usable file
+        raise InputFileError(
+            f"{path} is not {what} (PyTorch could not read it as one{_load_reason(path, exc)})"
+        ) from exc
+
+
+def _load_reason(path: str | os.PathLike[str], exc: Exception) -> str:
+    """A short, safe reason why ``torch.load`` failed, as ``": reason"``, or ``""``."""
+    try:
+        if os.stat(path).st_size == 0:
+            return ": the file is empty"
+    except OSError:
+        pass
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if found:
+        return f": it holds a Python object, {found.group(1)}, never loaded as it could run code"
+    return ""
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint file or a run folder's best one, safely (``weights_only=True``).
 
@@ -122,10 +160,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         InputFileError: missing, unreadable, not a fieldseg checkpoint, or from a newer fieldseg.
     """
     file = resolve_checkpoint_path(path)
-    try:
-        data = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip, pickle and type errors all mean: not a usable checkpoint
-        raise InputFileError(f"cannot read checkpoint {file}: {first_line(exc)}") from exc
+    data = read_torch_file(file, "a fieldseg checkpoint")
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise InputFileError(f"{file} is not a fieldseg checkpoint")
     if data.get("format_version", 0) > CHECKPOINT_VERSION:

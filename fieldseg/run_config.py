@@ -5,7 +5,8 @@ A config has five sections: ``model`` (validated by its family, see :mod:`fields
 band names the config was written for (a dataset with other bands is then an error). An
 unknown key anywhere is an error naming it, so a typo never silently falls back to a default.
 The resolved config (file, overrides and defaults together) is what a run saves and what its
-checkpoints carry.
+checkpoints carry. A resumed run keeps its own config: only when it stops and how fast it loads
+may change (:data:`RESUMABLE_KEYS`), so the saved config always says what the run really used.
 """
 
 from __future__ import annotations
@@ -19,8 +20,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fieldseg.augmentation import AugmentationConfig
-from fieldseg.errors import ConfigError, InputFileError
+from fieldseg.errors import ConfigError, InputFileError, first_line
 from fieldseg.models import model_config
+
+#: The settings a resumed run may change: when it stops and how fast it loads chips. They take
+#: effect from the resumed epoch on and leave what the earlier epochs did true; everything else
+#: (model, bands, optimizer, schedule, augmentation, the rest of training) is the run's recipe,
+#: restored from its checkpoint or fixed for its whole history (see load_resumed_config).
+RESUMABLE_KEYS = (
+    "training.epochs",
+    "training.max_minutes",
+    "training.early_stopping_patience",
+    "training.loader_workers",
+)
 
 
 class _Strict(BaseModel):
@@ -110,7 +122,7 @@ def load_run_config(
         base: a resolved config to start from instead of a file (e.g. a checkpoint's).
 
     Raises:
-        InputFileError: the file is missing or is not YAML.
+        InputFileError: the file is missing, a folder, not text or not YAML.
         ConfigError: an unknown key, a bad value or a malformed override, naming it.
     """
     if base is not None:
@@ -118,13 +130,7 @@ def load_run_config(
     else:
         if path is None:
             raise ConfigError("a config file is needed (-c configs/....yaml)")
-        path = Path(path)
-        if not path.is_file():
-            raise InputFileError(f"config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputFileError(f"{path} is not valid YAML: {exc}") from exc
+        data = _read_yaml(Path(path))
     if not isinstance(data, dict):
         raise ConfigError("a config is a mapping of sections (model, optimizer, ...)")
     for override in overrides:
@@ -141,9 +147,94 @@ def load_run_config(
     return config
 
 
+def load_resumed_config(
+    base: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """The config of a resumed run: its own (``base``), with the overrides that can take effect.
+
+    A resumed run continues as configured: its weights, optimiser state (learning rates
+    included) and schedule state come from its checkpoint, so a new ``optimizer.lr`` say would
+    be recorded but never used. Only :data:`RESUMABLE_KEYS` (when the run stops, how fast it
+    loads) may change; an override that gives another key another value is refused by name.
+    An override that repeats the run's own value is accepted.
+
+    Raises:
+        ConfigError: an override of a key that cannot change when resuming (or any error of
+            :func:`load_run_config`).
+    """
+    before = load_run_config(base=base).resolved()
+    config = load_run_config(base=base, overrides=overrides)
+    after = config.resolved()
+    for key in _changed_keys(before, after):
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"--resume: {key} cannot change when resuming (this run has "
+                f"{key}={_show(_lookup(before, key))}); a resumed run continues as configured "
+                f"and only {', '.join(RESUMABLE_KEYS)} may change. Start a new run (another "
+                "-o, or --overwrite) to change it"
+            )
+        if key == "training.epochs" and config.schedule.name == "cosine":
+            raise ConfigError(
+                "--resume: training.epochs cannot change in a run with the cosine schedule "
+                f"(this run has training.epochs={_show(_lookup(before, key))}): it set the "
+                "length of the schedule when the run started"
+            )
+    return config
+
+
 def save_run_config(config: RunConfig, path: str | os.PathLike[str]) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML data of a config file; every way it can be unusable is one clear error."""
+    if path.is_dir():
+        raise InputFileError(f"config {path} is a folder; -c expects a YAML file")
+    if not path.is_file():
+        raise InputFileError(f"config not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path} is not a YAML config: it is not a text file") from exc
+    except OSError as exc:
+        raise InputFileError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise InputFileError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans lines)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return first_line(exc)
+
+
+def _changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (sections recursed)."""
+    changed = []
+    for key in dict.fromkeys([*before, *after]):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed.extend(_changed_keys(old, new, f"{prefix}{key}."))
+        elif old != new:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _show(value: Any) -> str:
+    """A config value as one would write it after ``--set key=``."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

@@ -4,11 +4,16 @@ The loop is family-agnostic: the model gives named losses (:meth:`FieldModel.tra
 and predictions (:meth:`FieldModel.predict`); the recipe (optimiser, schedule, augmentation)
 comes from the run config. Every epoch is validated with COCO segm and bbox mAP; metrics go to
 ``metrics.jsonl`` and ``metrics.csv``; ``last.pt`` and ``best.pt`` are written atomically.
+
+A resumed run continues as configured (see :func:`fieldseg.run_config.load_resumed_config`), so
+the config it records is the one it used. A run folder that holds no checkpoint yet (a run
+stopped before its first epoch was saved) is a run that never started, and is reused.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import math
@@ -21,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from fieldseg.atomic_output import OutputPathError
 from fieldseg.augmentation import ChipAugmentation
 from fieldseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from fieldseg.chip_dataset import ChipDataset, EmptySplitError, Target, collate_chips
@@ -31,17 +38,28 @@ from fieldseg.coco_evaluation import evaluate_chip_predictions
 from fieldseg.dataset_description import DatasetDescription
 from fieldseg.devices import select_device
 from fieldseg.distributed import DistContext, init_distributed
-from fieldseg.errors import ConfigError, FieldsegError, InputFileError, OutputExistsError
+from fieldseg.errors import (
+    ConfigError,
+    FieldsegError,
+    InputFileError,
+    OutputExistsError,
+    first_line,
+)
 from fieldseg.models import FieldModel, ModelSpec, build_model, model_config
 from fieldseg.models.input_layer import load_weights_file
 from fieldseg.progress import progress
-from fieldseg.run_config import RunConfig, load_run_config, save_run_config
+from fieldseg.run_config import RunConfig, load_resumed_config, load_run_config, save_run_config
 from fieldseg.training_curves import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 CURVES_FILE = "training_curves.png"
+METRICS_JSONL, METRICS_CSV = "metrics.jsonl", "metrics.csv"
+#: What train writes in a run folder before its first epoch is saved (config.yaml first, then
+#: the metrics of epoch 1 just before last.pt): a folder holding config.yaml and at most these
+#: is a run that never started (stopped by Ctrl-C or an error), reused without --overwrite.
+UNSTARTED_RUN_FILES = frozenset({CONFIG_FILE, METRICS_JSONL, METRICS_CSV})
 
 
 class TrainingError(FieldsegError):
@@ -78,9 +96,10 @@ def train(
 
     Args:
         dataset_dir: a folder written by ``fieldseg tile``.
-        config_path: the YAML run config (not needed with ``resume``: the run's own is used).
+        config_path: the YAML run config; none with ``resume`` (the run's own is used).
         run_dir: the run folder: ``config.yaml``, ``last.pt``, ``best.pt``, ``metrics.*``.
-        overrides: ``section.key=value`` config overrides (``training.epochs=3``).
+        overrides: ``section.key=value`` config overrides (``training.epochs=3``); with
+            ``resume`` only those of :data:`fieldseg.run_config.RESUMABLE_KEYS`.
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: continue the run in ``run_dir`` from its ``last.pt``.
         pretrained: ``imagenet``, ``coco`` or ``none``.
@@ -89,7 +108,15 @@ def train(
 
     Returns:
         What the run did and why it stopped.
+
+    Raises:
+        ConfigError: a bad config or override; ``config_path`` or an override of the recipe
+            with ``resume``.
+        OutputExistsError: ``run_dir`` holds an earlier run (or other files).
+        OutputPathError: ``run_dir`` is a file or cannot be created or written.
     """
+    if resume:
+        _check_resume_options(config_path, pretrained, weights)
     context = init_distributed(device)
     try:
         return _train(context, dataset_dir, config_path, Path(run_dir), overrides=overrides,
@@ -97,6 +124,34 @@ def train(
                       overwrite=overwrite)  # fmt: skip
     finally:
         context.close()
+
+
+def train_loader(
+    data: ChipDataset,
+    *,
+    batch_size: int,
+    workers: int,
+    sampler: DistributedSampler | None,
+    generator: torch.Generator,
+    pin_memory: bool,
+) -> DataLoader:
+    """The training loader: shuffled (or the distributed sampler's share), chips as a list.
+
+    Workers are started afresh for every epoch rather than kept (``persistent_workers``): a
+    kept worker holds its own copy of the dataset, which :meth:`ChipDataset.set_epoch` does not
+    reach, so every epoch would repeat the first epoch's augmentations.
+    """
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator if sampler is None else None,
+        collate_fn=collate_chips,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
 
 
 def _train(
@@ -117,7 +172,7 @@ def _train(
     spec = ModelSpec.from_description(description)
     resumed = _resume_state(run_dir) if resume else None
     if resumed is not None:
-        config = load_run_config(base=resumed.config, overrides=list(overrides))
+        config = load_resumed_config(resumed.config, list(overrides))
         _check_same_bands(resumed.spec, spec)
     else:
         config = load_run_config(config_path, list(overrides))
@@ -140,10 +195,8 @@ def _train(
         raise InputFileError(f"the train split of {dataset_dir} holds no annotated field")
     val_data = _optional_split(dataset_dir, "val")
 
-    model = build_model(
-        model_config(config.model), spec, pretrained=pretrained if resumed is None else "none"
-    )
-    if weights is not None and resumed is None:
+    model = build_model(model_config(config.model), spec, pretrained=pretrained)
+    if weights is not None:
         loaded, total = load_weights_file(model, weights, spec.bands)
         logger.info("loaded %d of %d tensors from %s", loaded, total, weights)
     # every process has checked its input (data, model, weights) before the main one writes
@@ -152,7 +205,8 @@ def _train(
     if ctx.is_main:
         if resumed is None:
             _clear_run_dir(run_dir)
-        save_run_config(config, run_dir / CONFIG_FILE)
+        with _run_dir_errors(run_dir):
+            save_run_config(config, run_dir / CONFIG_FILE)
     ctx.barrier()
     model.to(chosen)
     optimizer = _optimizer(config, model)
@@ -196,16 +250,13 @@ def _train(
         if ctx.distributed
         else None
     )
-    loader = DataLoader(
+    loader = train_loader(
         train_data,
         batch_size=config.training.batch_size,
-        shuffle=sampler is None,
+        workers=workers,
         sampler=sampler,
-        generator=generator if sampler is None else None,
-        collate_fn=collate_chips,
-        num_workers=workers,
+        generator=generator,
         pin_memory=chosen.type == "cuda",
-        persistent_workers=workers > 0,
     )
     started = time.monotonic()
     deadline = (
@@ -235,7 +286,8 @@ def _train(
         if val_data is not None:
             record.update({f"val_{k}": v for k, v in _validate(model, val_data, config).items()})
         history.append(record)
-        _log_metrics(run_dir, history)
+        with _run_dir_errors(run_dir):
+            _log_metrics(run_dir, history)
         metric = record.get(f"val_{model.selection_metric}")
         improved = (
             metric is not None and not math.isnan(metric) and (best is None or metric > best[1])
@@ -368,7 +420,14 @@ def _optional_split(dataset_dir: str | os.PathLike[str], split: str) -> ChipData
 
 
 def _resume_state(run_dir: Path) -> Any:
-    if not (run_dir / LAST).is_file():
+    """The checkpoint ``--resume`` continues from: ``run_dir``'s ``last.pt``."""
+    names = _folder_names(run_dir, what="--resume: ")
+    if LAST not in names:
+        if _is_unstarted_run(run_dir, names):
+            raise InputFileError(
+                f"--resume: {run_dir} holds no {LAST}: the run stopped before its first epoch "
+                "was saved; start it again without --resume (the folder is reused)"
+            )
         raise InputFileError(f"--resume: {run_dir} holds no {LAST} to continue from")
     checkpoint = load_checkpoint(run_dir / LAST)
     if checkpoint.data.get("training_state") is None:
@@ -376,26 +435,123 @@ def _resume_state(run_dir: Path) -> Any:
     return checkpoint
 
 
+def _check_resume_options(
+    config_path: str | os.PathLike[str] | None,
+    pretrained: str,
+    weights: str | os.PathLike[str] | None,
+) -> None:
+    """Refuse the options a resumed run could only ignore: it keeps its config and weights."""
+    if config_path is not None:
+        raise ConfigError(
+            "-c cannot be used with --resume: a resumed run continues with its own config "
+            "(config.yaml in its folder); change when it stops with --epochs, --max-minutes or "
+            "--set training.early_stopping_patience=N"
+        )
+    for option, given in (
+        ("--weights", weights is not None),
+        ("--pretrained", pretrained != "none"),
+    ):
+        if given:
+            raise ConfigError(
+                f"{option} cannot be used with --resume: a resumed run continues from the "
+                f"weights in its {LAST}"
+            )
+
+
 def _check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse a run folder that holds something, unless it is an earlier run and ``overwrite``."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(
-                f"run folder {run_dir} is not empty; pass --resume to continue it or "
-                "--overwrite to start over"
-            )
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise OutputExistsError(
-                f"{run_dir} holds no {CONFIG_FILE}: not a fieldseg run, so it is not replaced"
-            )
+    """Refuse a run folder that holds something, unless it is an earlier run and ``overwrite``.
+
+    A folder holding only what a run writes before its first epoch is saved (see
+    :data:`UNSTARTED_RUN_FILES`) is a run that never started: there is nothing in it to resume
+    or to lose, so it is reused, with a note, without ``--overwrite``.
+
+    Raises:
+        OutputExistsError: the folder holds an earlier run (without ``overwrite``) or files
+            fieldseg did not write.
+        OutputPathError: ``run_dir`` is a file, or cannot be read.
+    """
+    names = _folder_names(run_dir)
+    if not names:
+        return
+    if _is_unstarted_run(run_dir, names):
+        logger.info(
+            "run folder %s: a run stopped there before its first epoch was saved (it holds %s, "
+            "no checkpoint); starting afresh in it",
+            run_dir,
+            ", ".join(sorted(names)),
+        )
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"run folder {run_dir} is not empty; pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+    if CONFIG_FILE not in names:
+        raise OutputExistsError(
+            f"{run_dir} holds no {CONFIG_FILE}: not a fieldseg run, so it is not replaced"
+        )
+
+
+def _folder_names(run_dir: Path, what: str = "") -> set[str]:
+    """The names in ``run_dir`` (none if it does not exist yet).
+
+    Raises:
+        OutputPathError: ``run_dir`` is a file, or cannot be looked into (``what`` starts the
+            message).
+    """
+    with _run_dir_errors(run_dir):
+        if not run_dir.exists():
+            return set()
+        if not run_dir.is_dir():
+            raise OutputPathError(f"{what}run folder {run_dir} is a file; -o names a folder")
+        return {p.name for p in run_dir.iterdir()}
+
+
+def _is_unstarted_run(run_dir: Path, names: set[str]) -> bool:
+    """Whether ``names`` in ``run_dir`` are what a run wrote before it saved its first epoch.
+
+    Plain files of :data:`UNSTARTED_RUN_FILES` only, and a ``config.yaml`` as train writes it
+    (resolved: every default written out), so that a config of the user's own that happens to
+    lie in the folder under that name is never taken for one and replaced.
+    """
+    if CONFIG_FILE not in names or not names <= UNSTARTED_RUN_FILES:
+        return False
+    if not all((run_dir / name).is_file() for name in names):
+        return False
+    try:
+        written = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        return load_run_config(run_dir / CONFIG_FILE).resolved() == written
+    except (FieldsegError, OSError, ValueError, yaml.YAMLError):
+        return False
 
 
 def _clear_run_dir(run_dir: Path) -> None:
     """Remove an earlier run's files (checked by :func:`_check_run_dir`) and make the folder."""
-    if run_dir.exists():
-        for name in (LAST, BEST, CONFIG_FILE, CURVES_FILE, "metrics.jsonl", "metrics.csv"):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_dir_errors(run_dir):
+        if run_dir.exists():
+            for name in (LAST, BEST, CONFIG_FILE, CURVES_FILE, METRICS_JSONL, METRICS_CSV):
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def _run_dir_errors(run_dir: Path) -> Iterator[None]:
+    """Turn an OSError creating, reading or writing the run folder into one clear error.
+
+    ``-o`` under a file, in ``/proc``, in a read-only folder, on a full disk: the message says
+    why (the system's reason) and where, instead of a traceback.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or first_line(exc)
+        if exc.errno == errno.ENOTDIR:  # say which part of the path is a file
+            blocking = next((p for p in reversed(run_dir.parents) if p.is_file()), None)
+            if blocking is not None:
+                reason = f"{reason} ({blocking} is a file)"
+        elif exc.filename is not None and Path(exc.filename) != run_dir:
+            reason = f"{reason} ({exc.filename})"
+        raise OutputPathError(f"cannot write the run folder {run_dir}: {reason}") from exc
 
 
 def _check_same_bands(trained: ModelSpec, dataset: ModelSpec) -> None:
@@ -431,11 +587,11 @@ def _to_device(target: Target, device: torch.device) -> Target:
 
 def _log_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv from the whole history (small; survives resume)."""
-    with open(run_dir / "metrics.jsonl", "w") as out:
+    with open(run_dir / METRICS_JSONL, "w") as out:
         for record in history:
             out.write(json.dumps(record) + "\n")
     columns = list(dict.fromkeys(k for record in history for k in record))
-    with open(run_dir / "metrics.csv", "w", newline="") as out:
+    with open(run_dir / METRICS_CSV, "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)

@@ -365,7 +365,7 @@ def test_tile_cli_ctrl_c_leaves_nothing(
     parent.mkdir()
     result = run("tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", parent / "o")
     assert result.exit_code == 130
-    assert "Interrupted; no partial output was left behind." in stderr_of(result)
+    assert "Interrupted; no half-written file was left behind" in stderr_of(result)
     assert "Traceback" not in stderr_of(result)
     assert listing(parent) == []
 
@@ -378,3 +378,80 @@ def test_tile_cli_writes_loadable_json(tmp_path: Path, basic_scene: SceneFixture
     )
     for name in ("dataset.json", "train.json", "val.json", "test.json"):
         json.loads((out / name).read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# train: resume rules and unusable paths, one line each (epochs stubbed out: instant)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path_factory.mktemp("train-cli"))
+
+
+def _one_line_error(result: object, *fragments: str) -> str:
+    """``assert_user_error``, and nothing of the message spills onto further lines."""
+    line = assert_user_error(result, *fragments)  # type: ignore[arg-type]
+    assert stderr_of(result).rstrip().endswith(line), stderr_of(result)  # type: ignore[arg-type]
+    return line
+
+
+def test_train_cli_resume_changes_only_when_the_run_stops(
+    tmp_path: Path, train_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+    from conftest import CPU_CONFIG
+
+    import fieldseg.training
+
+    def train_epoch(model, loader, optimizer, *rest):  # type: ignore[no-untyped-def]
+        optimizer.step()
+        return {"loss": 1.0}, False
+
+    monkeypatch.setattr(fieldseg.training, "_train_epoch", train_epoch)
+    monkeypatch.setattr(fieldseg.training, "_validate", lambda *args: {"segm_mAP": 0.5})
+    run_dir = tmp_path / "run"
+    first = run("train", train_dataset, "-c", CPU_CONFIG, "-o", run_dir, "--epochs", "1",
+                "--set", "optimizer.lr=0.002")  # fmt: skip
+    assert first.exit_code == 0, first.output
+    resume = ["train", train_dataset, "-o", run_dir, "--resume"]
+    _one_line_error(
+        run(*resume, "--epochs", "3", "--set", "optimizer.lr=1e-4"),
+        "--resume: optimizer.lr cannot change when resuming (this run has optimizer.lr=0.002)",
+    )
+    _one_line_error(run(*resume, "-c", CPU_CONFIG), "-c cannot be used with --resume")
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["training"]["epochs"] == 1
+    resumed = run(*resume, "--epochs", "2", "--max-minutes", "5")
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 epochs (epochs done)" in stdout_of(resumed)
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert recorded["training"]["epochs"] == 2 and recorded["training"]["max_minutes"] == 5
+    assert recorded["optimizer"]["lr"] == 0.002
+
+
+def test_train_cli_unusable_config_and_output_paths(tmp_path: Path, train_dataset: Path) -> None:
+    from conftest import CPU_CONFIG
+
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"II*\x00\x08\x00\x00\x00\xff\xfe\x00")
+    out = tmp_path / "run"
+    _one_line_error(run("train", train_dataset, "-c", scene, "-o", out), "not a text file")
+    _one_line_error(run("train", train_dataset, "-c", tmp_path, "-o", out), "is a folder")
+    _one_line_error(run("train", train_dataset, "-c", CPU_CONFIG, "-o", scene), "is a file")
+    _one_line_error(
+        run("train", train_dataset, "-c", CPU_CONFIG, "-o", scene / "x"),
+        "Not a directory",
+        f"{scene} is a file",
+    )
+    if Path("/proc/self").is_dir():
+        _one_line_error(
+            run("train", train_dataset, "-c", CPU_CONFIG, "-o", "/proc/run"),
+            "cannot write the run folder /proc/run: No such file or directory",
+        )
+    if Path("/sys/kernel").is_dir():
+        _one_line_error(
+            run("train", train_dataset, "-c", CPU_CONFIG, "-o", "/sys/run"),
+            "cannot write the run folder /sys/run: ",
+        )
+    assert not out.exists()

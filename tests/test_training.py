@@ -134,3 +134,176 @@ def test_cli_help_and_one_line_errors(tiny_dataset: Path, tmp_path: Path) -> Non
         run("train", tiny_dataset, "-c", CONFIG, "-o", tmp_path / "r", "--set", "training.x=1"),
         "training.x",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# resume, run folders and checkpoints: the trainer's decisions, with the epochs stubbed out
+# (each "epoch" steps the optimiser once with no gradients, so the weights stay as built)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def stub_epochs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Replace training and validation by instant stand-ins; the list records the epochs run."""
+    import fieldseg.training as training
+
+    epochs: list[int] = []
+
+    def train_epoch(model, loader, optimizer, scaler, device, config, epoch, *rest):  # type: ignore[no-untyped-def]
+        optimizer.step()
+        epochs.append(epoch)
+        return {"loss": 1.0}, False
+
+    monkeypatch.setattr(training, "_train_epoch", train_epoch)
+    monkeypatch.setattr(training, "_validate", lambda model, data, config: {"segm_mAP": 0.5})
+    return epochs
+
+
+def _records(run_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_refuses_settings_it_would_not_use(
+    tiny_dataset: Path, tmp_path: Path, stub_epochs: list[int]
+) -> None:
+    """The optimiser state restored from last.pt carries its own lr: a new one is refused
+    rather than recorded; what says when the run stops takes effect."""
+    run_dir = tmp_path / "run"
+    train(tiny_dataset, CONFIG, run_dir, overrides=["optimizer.lr=0.002", "training.epochs=1"])
+    config_before = (run_dir / "config.yaml").read_text()
+    last_before = (run_dir / "last.pt").read_bytes()
+    for override, key in [("optimizer.lr=1e-4", "optimizer.lr"),
+                          ("model.backbone=resnet50", "model.backbone"),
+                          ("schedule.gamma=0.5", "schedule.gamma"),
+                          ("augmentation.enabled=false", "augmentation.enabled"),
+                          ("training.batch_size=2", "training.batch_size")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"--resume: {key} cannot change when resuming"):
+            train(tiny_dataset, None, run_dir, resume=True,
+                  overrides=[override, "training.epochs=3"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"-c cannot be used with --resume"):
+        train(tiny_dataset, CONFIG, run_dir, resume=True)
+    with pytest.raises(ConfigError, match=r"--weights cannot be used with --resume"):
+        train(tiny_dataset, None, run_dir, resume=True, weights=tmp_path / "w.pt")
+    with pytest.raises(ConfigError, match=r"--pretrained cannot be used with --resume"):
+        train(tiny_dataset, None, run_dir, resume=True, pretrained="imagenet")
+    # nothing refused was recorded, and nothing ran
+    assert (run_dir / "config.yaml").read_text() == config_before
+    assert (run_dir / "last.pt").read_bytes() == last_before
+    assert stub_epochs == [1]
+
+    # the run's own lr (repeated, so unchanged) and a new stopping rule: both used and recorded
+    summary = train(tiny_dataset, None, run_dir, resume=True,
+                    overrides=["training.epochs=3", "optimizer.lr=0.002",
+                               "training.early_stopping_patience=1"])  # fmt: skip
+    # val segm_mAP is 0.5 every epoch: not better at epoch 2, so the new patience stops it
+    assert stub_epochs == [1, 2] and summary.epochs_done == 2
+    assert summary.stopped_because == "no better val segm_mAP for 1 epochs"
+    assert [r["lr"] for r in _records(run_dir)] == [0.002, 0.002]
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert recorded["optimizer"]["lr"] == 0.002 and recorded["training"]["epochs"] == 3
+    assert recorded["training"]["early_stopping_patience"] == 1
+    assert load_checkpoint(run_dir / "last.pt").config == recorded
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_reused(
+    tiny_dataset: Path, tmp_path: Path, stub_epochs: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fieldseg.training as training
+
+    run_dir = tmp_path / "run"
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_dataset, CONFIG, run_dir, overrides=["training.epochs=1"])
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+    with pytest.raises(InputFileError, match=r"stopped before its first epoch was saved; start it"):
+        train(tiny_dataset, None, run_dir, resume=True)
+    (run_dir / "metrics.jsonl").write_text("")  # stopped between the metrics and last.pt
+    summary = train(tiny_dataset, CONFIG, run_dir, overrides=["training.epochs=1"])
+    assert summary.epochs_done == 1 and (run_dir / "last.pt").is_file()
+
+    # a folder with a checkpoint, or with files train does not write, is still refused
+    with pytest.raises(OutputExistsError, match=r"not empty; pass --resume"):
+        train(tiny_dataset, CONFIG, run_dir, overrides=["training.epochs=1"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("model: {family: maskrcnn}\n")
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"not empty; pass --resume"):
+        train(tiny_dataset, CONFIG, other, overrides=["training.epochs=1"])
+    assert sorted(p.name for p in other.iterdir()) == ["config.yaml", "notes.txt"]
+    (other / "notes.txt").unlink()  # a config of one's own, not one train resolved and wrote
+    with pytest.raises(OutputExistsError, match=r"not empty; pass --resume"):
+        train(tiny_dataset, CONFIG, other, overrides=["training.epochs=1"])
+    assert (other / "config.yaml").read_text() == "model: {family: maskrcnn}\n"
+
+
+def test_unusable_run_folders_are_output_path_errors(tiny_dataset: Path, tmp_path: Path) -> None:
+    from fieldseg.atomic_output import OutputPathError
+
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"II*\x00")
+    with pytest.raises(OutputPathError, match=r"^run folder .*scene\.tif is a file; -o names a"):
+        train(tiny_dataset, CONFIG, scene)
+    with pytest.raises(OutputPathError, match=r"^--resume: run folder .*scene\.tif is a file"):
+        train(tiny_dataset, None, scene, resume=True)
+    with pytest.raises(
+        OutputPathError, match=r"cannot write the run folder .*x: Not a directory \(.*scene\.tif is"
+    ):
+        train(tiny_dataset, CONFIG, scene / "x", overrides=["training.epochs=1"])
+    if Path("/proc/self").is_dir():  # Linux: nothing can be made in /proc
+        with pytest.raises(OutputPathError, match=r"run folder /proc/run: No such file"):
+            train(tiny_dataset, CONFIG, "/proc/run", overrides=["training.epochs=1"])
+    assert scene.read_bytes() == b"II*\x00"
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
+    """Never PyTorch's many lines advising weights_only=False (which would let it run code)."""
+    from argparse import Namespace
+
+    (tmp_path / "scene.tif").write_bytes(b"II*\x00\x08\x00\x00\x00\xff\xfe")
+    (tmp_path / "config.yaml").write_text("model:\n  family: maskrcnn\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"object": Namespace()}, tmp_path / "object.pt")
+    cases = {"scene.tif": "", "config.yaml": "", "empty.pt": ": the file is empty",
+             "object.pt": ": it holds a Python object, "}  # fmt: skip
+    for name, reason in cases.items():
+        with pytest.raises(InputFileError) as caught:
+            load_checkpoint(tmp_path / name)
+        message = str(caught.value)
+        assert message.startswith(
+            f"{tmp_path / name} is not a fieldseg checkpoint (PyTorch could not read it as one"
+            + reason
+        ), message
+        assert "\n" not in message and "weights_only" not in message, message
+
+
+def test_loader_workers_draw_new_augmentations_every_epoch(tmp_path: Path) -> None:
+    """Each epoch's chips through two workers are the dataset's own for that epoch (a kept
+    worker's copy of the dataset would repeat the first epoch's flips)."""
+    from fieldseg.augmentation import ChipAugmentation
+    from fieldseg.dataset_description import DatasetDescription
+    from fieldseg.run_config import load_run_config
+    from fieldseg.training import train_loader
+
+    dataset = make_tiny_dataset(tmp_path)
+    config = load_run_config(CPU_CONFIG)
+    bands = DatasetDescription.load(dataset).bands
+    data = ChipDataset(dataset, "train", seed=3,
+                       augmentation=ChipAugmentation(config.augmentation, bands))  # fmt: skip
+    loader = train_loader(data, batch_size=2, workers=2, sampler=None,
+                          generator=torch.Generator().manual_seed(0), pin_memory=False)  # fmt: skip
+    seen = []
+    for epoch in (1, 2):
+        data.set_epoch(epoch)
+        chips = {}
+        for images, targets in loader:
+            for image, target in zip(images, targets, strict=True):
+                chips[target["image_id"]] = image
+        ids = {int(data.images[i]["id"]): i for i in range(len(data))}
+        for image_id, image in chips.items():
+            assert torch.equal(image, data[ids[image_id]][0])  # the main process's draw
+        seen.append(chips)
+    assert any(not torch.equal(seen[0][k], seen[1][k]) for k in seen[0])

@@ -36,7 +36,11 @@ class FieldsegGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            click.echo("Interrupted; no partial output was left behind.", err=True)
+            click.echo(
+                "Interrupted; no half-written file was left behind (a training run keeps its "
+                "folder as of its last finished epoch: `fieldseg train ... --resume` goes on).",
+                err=True,
+            )
             ctx.exit(EXIT_INTERRUPTED)
 
 

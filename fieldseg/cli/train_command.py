@@ -16,7 +16,8 @@ from fieldseg.cli.options import device_option, overwrite_option
     "--config",
     "config_path",
     type=click.Path(path_type=Path),
-    help="YAML run config, e.g. configs/maskrcnn_r18_cpu.yaml (not needed with --resume).",
+    help="YAML run config, e.g. configs/maskrcnn_r18_cpu.yaml (not with --resume: a resumed "
+    "run keeps its own).",
 )
 @click.option(
     "-o",
@@ -33,7 +34,13 @@ from fieldseg.cli.options import device_option, overwrite_option
     help="Stop after this wall time (override training.max_minutes).",
 )
 @device_option
-@click.option("--resume", is_flag=True, help="Continue the run in the output folder.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in the output folder from its last.pt, as it was configured: only "
+    "--epochs, --max-minutes and --set training.early_stopping_patience=N or "
+    "training.loader_workers=N may change.",
+)
 @click.option(
     "--pretrained",
     type=click.Choice(["imagenet", "coco", "none"]),
@@ -74,6 +81,13 @@ def train(
     object F1 of its calibrated extraction); the best epoch by mask mAP (U-Net: object F1) is
     kept as OUTPUT/best.pt, the latest as OUTPUT/last.pt (both usable wherever a model is
     asked for).
+
+    --resume continues a run as it was configured: its weights, optimizer state (learning
+    rate included) and schedule come from last.pt. Only when it stops may change
+    (training.epochs, not with the cosine schedule; training.max_minutes, counted from the
+    resume; training.early_stopping_patience) and training.loader_workers: any other --set,
+    and -c, --weights or --pretrained, are refused. A folder holding only config.yaml (a run
+    stopped before its first epoch was saved) is reused without --overwrite.
     """
     from fieldseg.training import train as run_training
 

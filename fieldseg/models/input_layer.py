@@ -123,10 +123,9 @@ def load_weights_file(
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, unsupported types
-        raise InputFileError(f"cannot read weights {path}: {exc}") from exc
+    from fieldseg.checkpoint import read_torch_file  # checkpoint imports the models
+
+    state = read_torch_file(path, "a weights file")
     trained_bands = state.get("bands") if isinstance(state, dict) else None
     if trained_bands is not None and list(trained_bands) != list(band_names):
         raise ConfigError(
