@@ -70,6 +70,45 @@ def check_output_path(
     return path
 
 
+def check_output_file(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """:func:`check_output_path` for a file, with what writing it would find only at the end.
+
+    For a command that writes its output after a long computation (``evaluate``): a directory
+    in the file's place, and a folder that takes no files (``/proc``, a read-only disk, a path
+    through a file), found by creating and removing a hidden file there, since permission bits
+    say nothing to root.
+
+    Raises:
+        OutputExistsError: the output exists and may not be replaced, or is a directory.
+        OutputPathError: the output is in the way of an input or cannot be created.
+    """
+    final = _file_path(check_output_path(path, overwrite=overwrite, inputs=inputs))
+    folder = next(p for p in final.absolute().parents if p.exists())  # the rest gets created
+    if not folder.is_dir():
+        raise OutputPathError(f"cannot write {final}: {folder} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".fieldseg-probe.", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot write {final}: no file can be created in {folder} ({exc.strerror})"
+        ) from exc
+    os.close(handle)
+    os.unlink(probe)
+    return final
+
+
+def _file_path(path: Path) -> Path:
+    """``path``, unless a directory stands where the file should go."""
+    if path.is_dir():
+        raise OutputExistsError(f"output {path} is a directory, expected a file")
+    return path
+
+
 @contextlib.contextmanager
 def _parent_folders(path: Path) -> Iterator[None]:
     """Create the missing parent folders of ``path``; remove them again if the body fails."""
@@ -117,9 +156,7 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     The temporary name keeps the final suffix so that drivers chosen by extension (GDAL/OGR)
     pick the right format. Side files a driver leaves beside it (e.g. ``.aux.xml``) are removed.
     """
-    final = check_output_path(path, overwrite=overwrite)
-    if final.is_dir():
-        raise OutputExistsError(f"output {final} is a directory, expected a file")
+    final = _file_path(check_output_path(path, overwrite=overwrite))
     with _parent_folders(final):
         try:
             fd, tmp_name = tempfile.mkstemp(

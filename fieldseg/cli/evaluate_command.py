@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -84,6 +82,7 @@ def evaluate(
     """
     import logging
 
+    from fieldseg.atomic_output import check_output_file
     from fieldseg.errors import ConfigError
     from fieldseg.evaluation import EvaluationSettings, evaluate_files
     from fieldseg.evaluation_report import plot_errors, write_error_layers
@@ -93,7 +92,7 @@ def evaluate(
         raise ConfigError("--output, --plot and --errors must be different files")
     inputs = [p for p in (predicted, truth, label_extent) if p is not None]
     for path in outputs:
-        _check_output_file(path, overwrite=overwrite, inputs=inputs)
+        check_output_file(path, overwrite=overwrite, inputs=inputs)
     if errors_path is not None and errors_path.suffix.lower() != ".gpkg":
         raise ConfigError(f"--errors writes a GeoPackage; name it *.gpkg, not {errors_path.name}")
     if plot_path is not None and plot_path.suffix.lower() != ".png":
@@ -125,35 +124,3 @@ def evaluate(
     if plot_path is not None:
         plot_errors(evaluation, plot_path, overwrite=overwrite)
         click.echo(f"map: {plot_path}")
-
-
-def _check_output_file(path: Path, *, overwrite: bool, inputs: list[Path]) -> None:
-    """Check, before the evaluation starts, that an output file can be written at ``path``.
-
-    :func:`~fieldseg.atomic_output.check_output_path` refuses an existing output and one in
-    the place of an input; this adds what the atomic write would otherwise find only at the
-    end, after the whole evaluation: a directory where the file should go, and a folder that
-    takes no files (``/proc``, a read-only disk, a path through a file). The folder is tested
-    by creating and removing a hidden file, which permission bits alone (root) cannot tell.
-
-    Raises:
-        OutputExistsError: the output exists and may not be replaced, or is a directory.
-        OutputPathError: the output is in the way of an input or cannot be created.
-    """
-    from fieldseg.atomic_output import OutputPathError, check_output_path
-    from fieldseg.errors import OutputExistsError
-
-    check_output_path(path, overwrite=overwrite, inputs=inputs)
-    if path.is_dir():
-        raise OutputExistsError(f"output {path} is a directory, expected a file")
-    folder = next(p for p in path.absolute().parents if p.exists())  # atomic_file creates the rest
-    if not folder.is_dir():
-        raise OutputPathError(f"cannot write {path}: {folder} is a file, not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".fieldseg-probe.", dir=folder)
-    except OSError as exc:
-        raise OutputPathError(
-            f"cannot write {path}: no file can be created in {folder} ({exc.strerror})"
-        ) from exc
-    os.close(handle)
-    os.unlink(probe)
