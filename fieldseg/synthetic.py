@@ -53,6 +53,9 @@ logger = logging.getLogger("fieldseg")
 
 #: Smallest scene side accepted, in pixels.
 MIN_SIZE = 64
+#: The generator's peak memory: a base, plus per pixel a fixed part and a part per band and date
+#: (:func:`memory_needed`).
+SYNTH_BASE_BYTES, SYNTH_PIXEL_BYTES, SYNTH_BAND_BYTES = 200e6, 70.0, 9.0
 #: A truth polygon must cover at least this many pixel centres to be kept.
 MIN_FIELD_PIXELS = 10
 #: Median field size (m²) that blocks are divided towards; sizes spread log-normally around it.
@@ -449,6 +452,34 @@ def _validate(width: int, height: int, bands: int, dates: int, pixel_size: float
         raise ConfigError(f"dates must be at least 1, got {dates}")
     if not pixel_size > 0:
         raise ConfigError(f"pixel size must be positive, got {pixel_size}")
+    _check_memory(width, height, bands, dates)
+
+
+def memory_needed(width: int, height: int, bands: int, dates: int) -> int:
+    """Bytes the generator holds at its peak: it paints the whole scene in memory.
+
+    Fitted to peak RSS measured at 1024 and 2048 px with 4 to 16 bands in all (within 5 %; it
+    gives 17.3 GB for a 10980 px scene of 4 bands x 2 dates, which took 17.4 GB).
+    """
+    pixels = width * height
+    return int(SYNTH_BASE_BYTES + pixels * (SYNTH_PIXEL_BYTES + SYNTH_BAND_BYTES * bands * dates))
+
+
+def _check_memory(width: int, height: int, bands: int, dates: int) -> None:
+    """Refuse a scene the machine cannot hold rather than swap or be killed half-way."""
+    need = memory_needed(width, height, bands, dates)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no figure to compare with
+        return
+    if need > 0.8 * total:
+        raise ConfigError(
+            f"a {width} x {height} px scene of {bands} bands x {dates} dates needs about "
+            f"{need / 1e9:.1f} GB while it is generated (the whole scene is painted in memory); "
+            f"this machine has {total / 1e9:.1f} GB: ask for a smaller --size or fewer bands"
+        )
+    if need > 4e9:
+        logger.info("generating the scene takes about %.1f GB of memory", need / 1e9)
 
 
 def _projected_crs(value: str) -> CRS:

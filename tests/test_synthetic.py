@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -438,6 +439,7 @@ def test_cli_writes_both_files_and_prints_the_figures(tmp_path: Path) -> None:
         (["--size", "10"], "at least 64"),
         (["--bands", "0"], "bands must be at least 1"),
         (["--dates", "0"], "dates must be at least 1"),
+        (["--size", "300000"], "needs about"),  # terabytes: refused before any allocation
     ],
 )
 def test_cli_bad_options_exit_1_with_one_clear_line(
@@ -476,3 +478,17 @@ def test_full_size_scene_figures() -> None:
     assert 0.3 <= figures.share_touching_no_gap <= 0.8
     assert figures.share_rotated_or_irregular >= 0.3
     assert s.fields.area_m2.max() > 30 * 10_000
+
+
+def test_a_scene_larger_than_memory_is_refused_with_its_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fieldseg.synthetic import memory_needed
+
+    assert memory_needed(2048, 2048, 4, 2) == pytest.approx(833e6, rel=0.05)  # measured
+    real = os.sysconf
+    eight_gb = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 8 * 1024**3 // 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: eight_gb.get(name) or real(name))
+    with pytest.raises(ConfigError, match=r"needs about 17\.3 GB .* this machine has 8\.6 GB"):
+        synthesize_scene(10980, bands=4, dates=2)
+    synthesize_scene(96, seed=1)  # small scenes go on
