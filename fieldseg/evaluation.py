@@ -81,6 +81,11 @@ TRUTH_ERRORS = ("tp", "fn", "split", "merged")
 PREDICTED_ERRORS = ("tp", "fp", "split", "merged")
 
 
+#: The widest boundary tolerance, in pixels: wider says little about boundaries (fields at
+#: 10 m are a few dozen pixels across), and the matching's cost grows with its square.
+MAX_BOUNDARY_TOLERANCE_PX = 25
+
+
 @dataclass(frozen=True)
 class EvaluationSettings:
     """How the figures are computed (the defaults are the field-boundary community's)."""
@@ -98,9 +103,11 @@ class EvaluationSettings:
             raise ConfigError(f"IoU threshold must lie in [0, 1), got {self.iou_threshold}")
         if not self.pixel_size_m > 0:
             raise ConfigError(f"pixel size must be positive, got {self.pixel_size_m}")
-        if not self.boundary_tolerance_m >= 0:
+        if not 0 <= self.boundary_tolerance_m <= MAX_BOUNDARY_TOLERANCE_PX * self.pixel_size_m:
             raise ConfigError(
-                f"boundary tolerance must be 0 or more, got {self.boundary_tolerance_m}"
+                f"boundary tolerance must lie in [0, {MAX_BOUNDARY_TOLERANCE_PX} pixels] "
+                f"(0-{MAX_BOUNDARY_TOLERANCE_PX * self.pixel_size_m:g} m at "
+                f"{self.pixel_size_m:g} m), got {self.boundary_tolerance_m:g} m"
             )
         if self.ap_tile_px < 16:
             raise ConfigError(f"AP tiles must be at least 16 px, got {self.ap_tile_px}")

@@ -482,3 +482,20 @@ def test_cli_output_in_a_new_folder_is_still_written(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["object"]["tp"] == 7
     assert [p.name for p in tmp_path.rglob(".fieldseg-probe*")] == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"iou_threshold": 1.0}, "IoU threshold"),
+        ({"pixel_size_m": 0.0}, "pixel size must be positive"),
+        ({"boundary_tolerance_m": -1.0}, r"boundary tolerance must lie in \[0, 25 pixels\]"),
+        ({"boundary_tolerance_m": 1e9}, r"\(0-250 m at 10 m\), got 1e\+09 m"),
+        ({"boundary_tolerance_m": 300.0, "pixel_size_m": 3.0}, r"0-75 m at 3 m"),
+        ({"ap_tile_px": 8}, "AP tiles"),
+    ],
+)
+def test_unusable_settings_are_config_errors(settings: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EvaluationSettings(**settings)  # type: ignore[arg-type]
+    assert EvaluationSettings(boundary_tolerance_m=250.0).boundary_tolerance_px == 25
