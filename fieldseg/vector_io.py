@@ -60,7 +60,8 @@ def _feature_layer(path: Path) -> str | None:
 
     A fieldseg GeoPackage also holds the ``layer_styles`` table (and ``--debug-layers`` adds
     ``chips`` and ``seams``); the fields are what a user means. Other files with several
-    feature layers give their first, with a note naming the others.
+    feature layers give their first, with a warning naming the others (the first may not be
+    the one meant).
     """
     import pyogrio
 
@@ -71,7 +72,10 @@ def _feature_layer(path: Path) -> str | None:
     if len(features) > 1 and "fields" in features:
         return "fields"
     if len(features) > 1:
-        logger.info("%s holds layers %s; reading %s", path, ", ".join(features), features[0])
+        logger.warning(
+            "%s holds the layers %s and none is called 'fields': reading %s",
+            path, ", ".join(features), features[0],
+        )  # fmt: skip
     return features[0]
 
 
