@@ -81,9 +81,9 @@ TRUTH_ERRORS = ("tp", "fn", "split", "merged")
 PREDICTED_ERRORS = ("tp", "fp", "split", "merged")
 
 
-#: The widest boundary tolerance, in pixels: wider says little about boundaries (fields at
-#: 10 m are a few dozen pixels across), and the matching's cost grows with its square.
-MAX_BOUNDARY_TOLERANCE_PX = 25
+#: The widest boundary tolerance, in grid pixels (1 km at 10 m): a wider one says nothing about
+#: boundaries, and matching slows down with it (1e9 m ran for minutes).
+MAX_BOUNDARY_TOLERANCE_PX = 100
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,14 @@ class EvaluationSettings:
             raise ConfigError(f"IoU threshold must lie in [0, 1), got {self.iou_threshold}")
         if not self.pixel_size_m > 0:
             raise ConfigError(f"pixel size must be positive, got {self.pixel_size_m}")
-        if not 0 <= self.boundary_tolerance_m <= MAX_BOUNDARY_TOLERANCE_PX * self.pixel_size_m:
+        if not self.boundary_tolerance_m >= 0:
             raise ConfigError(
-                f"boundary tolerance must lie in [0, {MAX_BOUNDARY_TOLERANCE_PX} pixels] "
-                f"(0-{MAX_BOUNDARY_TOLERANCE_PX * self.pixel_size_m:g} m at "
+                f"boundary tolerance must be 0 or more, got {self.boundary_tolerance_m}"
+            )
+        if self.pixel_metrics and self.boundary_tolerance_px > MAX_BOUNDARY_TOLERANCE_PX:
+            raise ConfigError(
+                f"boundary tolerance must be at most {MAX_BOUNDARY_TOLERANCE_PX} pixels "
+                f"({MAX_BOUNDARY_TOLERANCE_PX * self.pixel_size_m:g} m at "
                 f"{self.pixel_size_m:g} m), got {self.boundary_tolerance_m:g} m"
             )
         if self.ap_tile_px < 16:
@@ -270,10 +274,16 @@ def evaluate_fields(
         mode = "label_extent"
         region = shapely.make_valid(label_extent)
         inside = _mostly_inside(truth.geometry.to_numpy(), region)
-        if not inside.any():
+        predicted_inside = _mostly_inside(predicted.geometry.to_numpy(), region)
+        if not inside.any() and not predicted_inside.any():
             _refuse_extent_without_truth(region, truth)
+        if not inside.any():  # land known to hold no field: what is predicted there is wrong
+            logger.warning(
+                "the label extent holds no truth field: its %d predicted fields are all false "
+                "positives", int(predicted_inside.sum()),
+            )  # fmt: skip
         truth = truth[inside]
-        predicted = predicted[_mostly_inside(predicted.geometry.to_numpy(), region)]
+        predicted = predicted[predicted_inside]
     elif sparse:
         mode = "sparse"
         counted = _overlapping_drawn(predicted.geometry.to_numpy(), truth.geometry.to_numpy())
@@ -447,7 +457,7 @@ def _check_extents_overlap(predicted: gpd.GeoDataFrame, truth: gpd.GeoDataFrame)
 
 
 def _refuse_extent_without_truth(region: BaseGeometry, truth: gpd.GeoDataFrame) -> None:
-    """Raise the error for a label extent in which no truth field counts."""
+    """Raise the error for a label extent in which no field, truth or predicted, counts."""
     where = f"the label extent ({_bounds_text(region.bounds)})"
     crs = truth.crs.to_string()
     if not shapely.intersects(truth.geometry.to_numpy(), region).any():
@@ -457,8 +467,8 @@ def _refuse_extent_without_truth(region: BaseGeometry, truth: gpd.GeoDataFrame) 
             "is it the area of interest of this truth, with the right CRS?"
         )
     raise InputFileError(
-        f"{where} holds no truth field: none lies more than {EXTENT_SHARE:.0%} inside it, "
-        "so nothing can be scored there"
+        f"{where} holds no field, truth or predicted: none lies more than {EXTENT_SHARE:.0%} "
+        "inside it, so nothing can be scored there"
     )
 
 

@@ -9,7 +9,6 @@ the ``fieldseg`` logger instead, once a minute and not at all for work done with
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Iterable
@@ -36,24 +35,29 @@ def set_progress_enabled(enabled: bool | None) -> None:
 
 
 class _LogLines:
-    """A file for tqdm that turns its status into a log line a minute, and the last one.
+    """A file for tqdm that turns its status into a log line a minute, and a last one.
 
-    tqdm refreshes on every ``set_postfix`` too, so the rate is kept here, not by tqdm.
+    tqdm redraws on every ``set_postfix`` too, whatever its ``delay``, so the pace is kept
+    here: the first line comes a minute after the start, and the last (the bar complete) only
+    after an earlier one, so work done within a minute logs nothing.
     """
 
     def __init__(self) -> None:
-        self._logged_at = -math.inf
+        self.bar: tqdm[object] | None = None
+        self._logged_at = time.monotonic()  # as if a line was logged at the start
+        self._any = False
         self._done = False
 
     def write(self, text: str) -> None:
         line = text.strip("\r\n\x1b[A ").strip()
         if not line or self._done:
             return
+        bar = self.bar
+        self._done = bar is not None and bar.total is not None and bar.n >= bar.total
         now = time.monotonic()
-        self._done = "(100 %)" in line
-        if self._done or now - self._logged_at >= LOG_EVERY_S:
+        if (self._done and self._any) or now - self._logged_at >= LOG_EVERY_S:
             logger.info("%s", line)
-            self._logged_at = now
+            self._logged_at, self._any = now, True
 
     def flush(self) -> None:
         """Nothing is buffered."""
@@ -76,9 +80,12 @@ def progress(
     if not show or _enabled is False:
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=True)
     if _enabled is None and not _is_terminal():
-        return tqdm(iterable, total=total, desc=desc, unit=unit, file=_LogLines(),  # type: ignore[arg-type]
-                    delay=LOG_EVERY_S, mininterval=LOG_EVERY_S, maxinterval=LOG_EVERY_S,
-                    bar_format=LOG_FORMAT)  # fmt: skip
+        lines = _LogLines()
+        every = LOG_EVERY_S
+        bar = tqdm(iterable, total=total, desc=desc, unit=unit, file=lines,  # type: ignore[arg-type]
+                   mininterval=every, maxinterval=every, bar_format=LOG_FORMAT)  # fmt: skip
+        lines.bar = bar
+        return bar
     return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 

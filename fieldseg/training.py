@@ -302,11 +302,12 @@ def _train(
             "selection_metric": model.selection_metric,
         }
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
-        save_checkpoint(run_dir / LAST, model, config=resolved, spec=spec, epoch=epoch,
-                        metrics=metrics, training_state=state)  # fmt: skip
-        if improved or val_data is None:
-            save_checkpoint(run_dir / BEST, model, config=resolved, spec=spec, epoch=epoch,
-                            metrics=metrics)  # fmt: skip
+        with _run_dir_errors(run_dir):
+            save_checkpoint(run_dir / LAST, model, config=resolved, spec=spec, epoch=epoch,
+                            metrics=metrics, training_state=state)  # fmt: skip
+            if improved or val_data is None:
+                save_checkpoint(run_dir / BEST, model, config=resolved, spec=spec,
+                                epoch=epoch, metrics=metrics)  # fmt: skip
         logger.info(_epoch_line(record))
         patience = config.training.early_stopping_patience
         if out_of_time:
@@ -316,7 +317,8 @@ def _train(
         if ctx.from_main(stopped != "epochs done"):
             break
     if history and ctx.is_main:
-        plot_training_curves(history, run_dir / CURVES_FILE)
+        with _run_dir_errors(run_dir):
+            plot_training_curves(history, run_dir / CURVES_FILE)
     return TrainSummary(
         run_dir=run_dir,
         epochs_done=epoch,
@@ -356,7 +358,8 @@ def _train_epoch(
         if ctx.any(not bool(torch.isfinite(total))):
             raise TrainingError(
                 f"the loss became {total.item()} at epoch {epoch}, step {steps + 1}; training "
-                f"stopped and {LAST} keeps the last good epoch (try a lower optimizer.lr)"
+                f"stopped and {LAST} keeps the last good epoch: start a new run from it with a "
+                f"lower rate (-o NEW --weights RUN/{LAST} --set optimizer.lr=...)"
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()

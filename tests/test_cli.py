@@ -14,11 +14,13 @@ import rasterio
 from conftest import (
     BAND_NAMES,
     CHIP,
+    CPU_CONFIG,
     FIELDS,
     OVERLAP,
     SceneFixture,
     assert_user_error,
     check_against_truth,
+    make_tiny_dataset,
     px_box,
     read_dataset,
     run,
@@ -366,8 +368,25 @@ def test_tile_cli_ctrl_c_leaves_nothing(
     result = run("tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", parent / "o")
     assert result.exit_code == 130
     assert "Interrupted; no half-written file was left behind" in stderr_of(result)
+    assert "--resume" not in stderr_of(result)  # that is for train
     assert "Traceback" not in stderr_of(result)
     assert listing(parent) == []
+
+
+def test_train_cli_ctrl_c_says_how_to_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fieldseg.training
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fieldseg.training, "_train_epoch", interrupted)
+    dataset = make_tiny_dataset(tmp_path)
+    result = run("train", dataset, "-c", CPU_CONFIG, "-o", tmp_path / "run", "--epochs", "1")
+    assert result.exit_code == 130
+    assert "the same command with --resume goes on" in stderr_of(result)
+    assert "Traceback" not in stderr_of(result)
 
 
 def test_tile_cli_writes_loadable_json(tmp_path: Path, basic_scene: SceneFixture) -> None:
@@ -385,8 +404,6 @@ def test_tile_cli_writes_loadable_json(tmp_path: Path, basic_scene: SceneFixture
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def train_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import make_tiny_dataset
-
     return make_tiny_dataset(tmp_path_factory.mktemp("train-cli"))
 
 
@@ -401,7 +418,6 @@ def test_train_cli_resume_changes_only_when_the_run_stops(
     tmp_path: Path, train_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import yaml
-    from conftest import CPU_CONFIG
 
     import fieldseg.training
 
@@ -431,8 +447,6 @@ def test_train_cli_resume_changes_only_when_the_run_stops(
 
 
 def test_train_cli_unusable_config_and_output_paths(tmp_path: Path, train_dataset: Path) -> None:
-    from conftest import CPU_CONFIG
-
     scene = tmp_path / "scene.tif"
     scene.write_bytes(b"II*\x00\x08\x00\x00\x00\xff\xfe\x00")
     out = tmp_path / "run"

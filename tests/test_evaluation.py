@@ -223,7 +223,7 @@ def test_label_extent_without_truth_fields_is_refused(tmp_path: Path) -> None:
     assert "x 550000 to 550100, y 5050000 to 5050100" in str(raised.value)  # the AOI
     assert "x 500000 to 500300, y 5000000 to 5000300" in str(raised.value)  # the truth
     sliver = square(280, 0, 100)  # a fifth of three fields: none mostly inside
-    with pytest.raises(InputFileError, match="holds no truth field"):
+    with pytest.raises(InputFileError, match="holds no field, truth or predicted"):
         evaluate_fields(predicted, truth, label_extent=sliver, settings=FAST)
     predicted_path, truth_path = _write_pair(tmp_path)
     aoi = tmp_path / "aoi.gpkg"
@@ -233,6 +233,20 @@ def test_label_extent_without_truth_fields_is_refused(tmp_path: Path) -> None:
         "label extent",
         "overlaps no truth field",
     )
+
+
+def test_a_label_extent_without_fields_scores_its_predictions_as_false(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An AOI known to hold no field (a forest, a town) counts what is predicted there."""
+    truth = frame(grid_fields(3))
+    predicted = frame([*grid_fields(3), square(400, 0, 100)])  # one field beside the truth
+    report = evaluate_fields(
+        predicted, truth, label_extent=square(400, 0, 100), settings=FAST
+    ).report
+    assert report["counts"] == {"n_truth": 0, "n_predicted": 1}
+    assert report["object"]["precision"] == 0.0 and report["object"]["fp"] == 1
+    assert "its 1 predicted fields are all false positives" in caplog.text
 
 
 def test_disjoint_extents_are_refused_before_any_grid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -489,13 +503,18 @@ def test_cli_output_in_a_new_folder_is_still_written(tmp_path: Path) -> None:
     [
         ({"iou_threshold": 1.0}, "IoU threshold"),
         ({"pixel_size_m": 0.0}, "pixel size must be positive"),
-        ({"boundary_tolerance_m": -1.0}, r"boundary tolerance must lie in \[0, 25 pixels\]"),
-        ({"boundary_tolerance_m": 1e9}, r"\(0-250 m at 10 m\), got 1e\+09 m"),
-        ({"boundary_tolerance_m": 300.0, "pixel_size_m": 3.0}, r"0-75 m at 3 m"),
+        ({"boundary_tolerance_m": -1.0}, "boundary tolerance must be 0 or more"),
+        ({"boundary_tolerance_m": 1e9}, r"at most 100 pixels \(1000 m at 10 m\), got 1e\+09 m"),
+        ({"boundary_tolerance_m": 31.0, "pixel_size_m": 0.3}, r"\(30 m at 0\.3 m\)"),
         ({"ap_tile_px": 8}, "AP tiles"),
     ],
 )
 def test_unusable_settings_are_config_errors(settings: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         EvaluationSettings(**settings)  # type: ignore[arg-type]
-    assert EvaluationSettings(boundary_tolerance_m=250.0).boundary_tolerance_px == 25
+
+
+def test_the_tolerance_limit_is_in_whole_pixels_and_only_for_pixel_metrics() -> None:
+    assert EvaluationSettings(boundary_tolerance_m=1004.0).boundary_tolerance_px == 100
+    assert EvaluationSettings(pixel_size_m=0.3).boundary_tolerance_px == 33  # 10 m default
+    assert EvaluationSettings(boundary_tolerance_m=1e9, pixel_metrics=False)  # never used

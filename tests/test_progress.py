@@ -18,9 +18,11 @@ def _terminal_decides() -> None:
 
 
 def _run(n: int, **kwargs: object) -> None:
+    """Count to ``n`` as predict does: ``update`` and ``set_postfix`` (which redraws at once)."""
     with progress(range(n), total=n, desc="predict", unit="chip", **kwargs) as bar:  # type: ignore[arg-type]
-        for _ in bar:
-            pass
+        for i in range(n):
+            bar.update(1)
+            bar.set_postfix(fields=i)
 
 
 def test_without_a_terminal_progress_goes_to_the_log(
@@ -59,3 +61,14 @@ def test_quiet_or_hidden_progress_shows_nothing(
     with caplog.at_level(logging.INFO, logger="fieldseg"):
         _run(5, show=show)
     assert caplog.records == [] and capsys.readouterr().err == ""
+
+
+def test_a_line_at_99_5_percent_is_not_taken_for_the_last(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(progress_module, "_is_terminal", lambda: False)
+    monkeypatch.setattr(progress_module, "LOG_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="fieldseg"):
+        _run(1000)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[-1].startswith("predict: 1000/1000 chip (100 %)")

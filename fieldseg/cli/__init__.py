@@ -36,11 +36,13 @@ class FieldsegGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            click.echo(
-                "Interrupted; no half-written file was left behind (a training run keeps its "
-                "folder as of its last finished epoch: `fieldseg train ... --resume` goes on).",
-                err=True,
-            )
+            message = "Interrupted; no half-written file was left behind."
+            if ctx.invoked_subcommand == "train":
+                message += (
+                    " The run folder keeps its last finished epoch: the same command with "
+                    "--resume goes on (before the first epoch, without --resume it starts again)."
+                )
+            click.echo(message, err=True)
             ctx.exit(EXIT_INTERRUPTED)
 
 
