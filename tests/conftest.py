@@ -579,11 +579,13 @@ def fit_two_chips(
     *,
     steps: int,
     lr: float,
+    model_overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, list[Any], list[dict[str, Any]]]:
     """The config's model fitted with Adam to both chips of ``two_chip_dataset(root, boxes)``.
 
-    Returns the model, the chips (a ChipDataset), and the batch it was fitted on. Used by the
-    overfit tests of the model families.
+    ``model_overrides`` replace keys of the config's ``model:`` section. Returns the model,
+    the chips (a ChipDataset), and the batch it was fitted on. Used by the overfit tests of
+    the model families.
     """
     import torch
 
@@ -595,7 +597,8 @@ def fit_two_chips(
     chips = ChipDataset(two_chip_dataset(root, boxes), "train")
     torch.manual_seed(0)
     spec = ModelSpec.from_description(DatasetDescription.load(root / "ds"))
-    model = build_model(model_config(load_run_config(config).model), spec)
+    section = {**load_run_config(config).model, **(model_overrides or {})}
+    model = build_model(model_config(section), spec)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     images, targets = collate_chips([chips[0], chips[1]])
     for _ in range(steps):

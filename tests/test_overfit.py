@@ -1,4 +1,9 @@
-"""The light Mask R-CNN config can learn: it overfits two tiny chips to mask AP@0.5 >= 0.9."""
+"""The light Mask R-CNN config can learn: it overfits two tiny chips to mask AP@0.5 >= 0.9.
+
+The ROI heads sample half the config's proposals here: their ``roi_align`` backward, one
+thread on a CPU, is most of a step, and eight fields need far fewer. It cut the test from
+150 s to 96 s on a 2-core machine (mask AP@0.5 0.965 at 30 steps).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,15 @@ FIELDS = [(4, 4, 24, 20), (30, 6, 58, 26), (6, 34, 28, 60), (36, 36, 60, 58),
           (68, 4, 90, 28), (96, 8, 124, 22), (70, 36, 100, 60), (106, 30, 124, 60)]  # fmt: skip
 
 
+#: Half the light config's sampled proposals (1000 and 256): eight fields need far fewer.
+FEWER_PROPOSALS = {"rpn_post_nms_top_n_train": 300, "box_batch_size_per_image": 128}
+
+
 @pytest.mark.slow
 def test_light_config_overfits_two_tiny_chips(tmp_path: Path) -> None:
-    model, chips, images, targets = fit_two_chips(tmp_path, FIELDS, CONFIG, steps=45, lr=1e-3)
+    model, chips, images, targets = fit_two_chips(
+        tmp_path, FIELDS, CONFIG, steps=30, lr=1e-3, model_overrides=FEWER_PROPOSALS
+    )
     assert len(chips) == 2 and chips.n_instances == 8
     predictions = dict(zip([t["image_id"] for t in targets], model.predict(images), strict=True))
     metrics = evaluate_chip_predictions(chips.coco_document, predictions)
