@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -371,6 +373,34 @@ def test_tile_cli_ctrl_c_leaves_nothing(
     assert "--resume" not in stderr_of(result)  # that is for train
     assert "Traceback" not in stderr_of(result)
     assert listing(parent) == []
+
+
+def test_tile_cli_sigterm_unwinds_and_leaves_nothing(
+    tmp_path: Path,
+    basic_scene: SceneFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    listing: Callable[[Path], list[str]],
+) -> None:
+    """``kill`` (or a scheduler's time limit) mid-run: the temporary folder goes too."""
+    real = fieldseg.chip_writer.write_geotiff
+    written: list[int] = []
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        if len(written) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        written.append(1)
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fieldseg.chip_writer, "write_geotiff", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    parent = tmp_path / "p"
+    parent.mkdir()
+    result = run("tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", parent / "o")
+    assert result.exit_code == 128 + signal.SIGTERM
+    assert "Terminated; no half-written file was left behind" in stderr_of(result)
+    assert "Traceback" not in stderr_of(result)
+    assert len(written) == 3 and listing(parent) == []  # stopped at the fourth chip
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's alone
 
 
 def test_train_cli_ctrl_c_says_how_to_go_on(

@@ -2,13 +2,19 @@
 
 Commands live in their own modules and import heavy libraries inside the command body, so that
 ``fieldseg --help`` is instant. User mistakes (:class:`fieldseg.errors.FieldsegError`) become one
-line on stderr and exit status 1, never a traceback.
+line on stderr and exit status 1, never a traceback. Ctrl-C and SIGTERM (``kill``, a batch
+scheduler's time limit) unwind like an error, so temporary outputs are removed on the way out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import click
@@ -24,6 +30,32 @@ from fieldseg.errors import FieldsegError
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` instead of killing at once.
+
+    Python's default for SIGTERM ends the process without running ``finally`` blocks, which
+    would leave the temporary outputs of :mod:`fieldseg.atomic_output` behind.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class FieldsegGroup(click.Group):
@@ -31,19 +63,22 @@ class FieldsegGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _sigterm_unwinds():
+                return super().invoke(ctx)
         except FieldsegError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            message = "Interrupted; no half-written file was left behind."
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            message = "Terminated" if terminated else "Interrupted"
+            message += "; no half-written file was left behind."
             if ctx.invoked_subcommand == "train":
                 message += (
                     " The run folder keeps its last finished epoch: the same command with "
                     "--resume goes on (before the first epoch, without --resume it starts again)."
                 )
             click.echo(message, err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+            ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
