@@ -51,7 +51,7 @@ from shapely.geometry.base import BaseGeometry
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, InputFileError
-from fieldseg.labels import check_coordinates_fit_crs, repaired_polygons
+from fieldseg.labels import check_coordinates_fit_crs, repaired_polygons, resolve_overlaps
 from fieldseg.object_matching import IOU_THRESHOLDS, ObjectMatches, ObjectOverlaps, object_overlaps
 from fieldseg.raster_metrics import (
     SIZE_BINS_HA,
@@ -261,12 +261,11 @@ def evaluate_fields(
         raise InputFileError(
             f"the truth holds no field polygon with an area: {held}; nothing to evaluate against"
         )
+    n_without_area = {"truth": n_truth_read - len(truth)}
+    truth, n_truth_overlaps = _without_overlaps(truth)
     predicted = _prepared(predicted, "predicted")
     _check_extents_overlap(predicted, truth)
-    n_without_area = {
-        "truth": n_truth_read - len(truth),
-        "predicted": n_predicted_read - len(predicted),
-    }
+    n_without_area["predicted"] = n_predicted_read - len(predicted)
 
     mode = "complete"
     region: BaseGeometry | None = None
@@ -353,6 +352,7 @@ def evaluate_fields(
             "n_truth_read": n_truth_read,
             "n_predicted_read": n_predicted_read,
             "n_without_area": n_without_area,
+            "n_truth_overlapping_pairs": n_truth_overlaps,
         },
         "counts": {"n_truth": len(truth), "n_predicted": len(predicted)},
         "object": {
@@ -421,6 +421,26 @@ def _prepared(frame: gpd.GeoDataFrame, name: str) -> gpd.GeoDataFrame:
     if n_dropped:
         logger.warning("%d %s features without a polygon area were left out", n_dropped, name)
     return gpd.GeoDataFrame(columns, geometry=list(polygons[keep]), crs=frame.crs)
+
+
+def _without_overlaps(truth: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, int]:
+    """The truth as ``tile`` trains on it: each overlap given to the smaller field.
+
+    A field is one-to-one matched, so two truth fields drawn over the same ground (a duplicate
+    row, a field drawn twice) could never both be found; the larger of each pair loses the
+    overlap, and a duplicate loses everything and is left out. Returns the number of pairs.
+    """
+    truth = truth.copy()
+    n_pairs = resolve_overlaps(truth)
+    if not n_pairs:
+        return truth, 0
+    kept = truth[shapely.area(truth.geometry.to_numpy()) > 0].reset_index(drop=True)
+    logger.warning(
+        "the truth holds %d overlapping pairs of fields: each overlap was given to the smaller "
+        "field, as `tile` does; %d field(s) drawn entirely over another were left out",
+        n_pairs, len(truth) - len(kept),
+    )  # fmt: skip
+    return kept, n_pairs
 
 
 def _mostly_inside(geometries: np.ndarray, region: BaseGeometry) -> np.ndarray:

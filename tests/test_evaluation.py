@@ -518,3 +518,19 @@ def test_the_tolerance_limit_is_in_whole_pixels_and_only_for_pixel_metrics() -> 
     assert EvaluationSettings(boundary_tolerance_m=1004.0).boundary_tolerance_px == 100
     assert EvaluationSettings(pixel_size_m=0.3).boundary_tolerance_px == 33  # 10 m default
     assert EvaluationSettings(boundary_tolerance_m=1e9, pixel_metrics=False)  # never used
+
+
+def test_overlapping_truth_is_resolved_as_tile_resolves_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A field drawn twice could never be found twice: the duplicate is left out, and a field
+    drawn over part of a larger one keeps that part (the larger is matched by what is left)."""
+    big, small = square(0, 0, 300), square(0, 0, 100)
+    truth = frame([square(400, 0), square(400, 0), big, small])
+    predicted = frame([square(400, 0), small, big.difference(small)])
+    with caplog.at_level("WARNING", logger="fieldseg"):
+        report = evaluate_fields(predicted, truth, settings=FAST).report
+    assert report["inputs"]["n_truth_overlapping_pairs"] == 2
+    assert report["counts"]["n_truth"] == 3
+    assert report["object"]["f1"] == 1.0
+    assert "2 overlapping pairs" in caplog.text and "1 field(s) drawn entirely" in caplog.text
