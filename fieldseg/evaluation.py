@@ -21,8 +21,9 @@ Label modes, with the names ``fieldseg tile`` uses:
   area; others may be right about undrawn fields and are left out. Pixels count inside the
   drawn fields and the counted predictions.
 
-Areas and sizes are in square metres of the metric CRS: the truth's CRS when projected, else
-the UTM zone of the truth's centre, so size bins mean true hectares.
+Areas and sizes are in square metres of the metric CRS: the truth's CRS when projected in
+metres, else (geographic, or projected in feet) the UTM zone of the truth's centre, so size
+bins mean true hectares.
 
 What cannot be scored is refused before any rasterising, since it would otherwise come out as
 plausible-looking figures (all 1 for two empty sets, all 0 for a file mix-up): a truth without a
@@ -47,6 +48,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from pyproj import CRS
 from shapely.geometry.base import BaseGeometry
 
 from fieldseg.atomic_output import atomic_file
@@ -184,7 +186,7 @@ def evaluate_files(
     _stage(on_stage, "reading")
     truth = _read_fields(truth_path, "truth")
     predicted = _read_fields(predicted_path, "predicted")
-    crs = truth.crs if truth.crs.is_projected else truth.estimate_utm_crs()
+    crs = truth.crs if _in_metres(truth.crs) else truth.estimate_utm_crs()
     reprojected = [name for name, f in (("truth", truth), ("predicted", predicted)) if f.crs != crs]
     truth, predicted = _to_crs(truth, crs), _to_crs(predicted, crs)
     extent = read_area_of_interest(label_extent, crs) if label_extent is not None else None
@@ -244,8 +246,8 @@ def evaluate_fields(
     settings = settings or EvaluationSettings()
     if label_extent is not None and sparse:
         raise ConfigError("label_extent and sparse exclude each other; choose one")
-    if truth.crs is None or predicted.crs is None or not truth.crs.is_projected:
-        raise ConfigError("evaluate_fields needs both sets in one projected CRS (metres)")
+    if truth.crs is None or predicted.crs is None or not _in_metres(truth.crs):
+        raise ConfigError("evaluate_fields needs both sets in one projected CRS in metres")
     if predicted.crs != truth.crs:
         raise ConfigError("evaluate_fields needs both sets in one CRS; reproject first")
     seconds: dict[str, float] = {}
@@ -397,6 +399,13 @@ def _read_fields(path: str | os.PathLike[str], name: str) -> gpd.GeoDataFrame:
         logger.warning("the %s file %s holds no features", name, path)
     check_coordinates_fit_crs(frame, path)
     return frame
+
+
+def _in_metres(crs: CRS) -> bool:
+    """A projected CRS whose axes are in metres (areas in hectares, a grid in metres)."""
+    return bool(crs.is_projected) and all(
+        axis.unit_name in ("metre", "meter") for axis in crs.axis_info[:2]
+    )
 
 
 def _to_crs(frame: gpd.GeoDataFrame, crs: object) -> gpd.GeoDataFrame:

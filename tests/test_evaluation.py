@@ -308,6 +308,19 @@ def test_geographic_truth_is_evaluated_in_its_utm_zone(tmp_path: Path) -> None:
     assert evaluation.report["pixel"]["pixel_iou"] == pytest.approx(1.0)
 
 
+def test_truth_in_feet_is_evaluated_in_metres(tmp_path: Path) -> None:
+    """A projected CRS in US survey feet: areas in hectares and the grid in metres still."""
+    truth = frame(grid_fields(2)).to_crs("EPSG:2927")  # Washington South, US feet
+    path = tmp_path / "truth.gpkg"
+    truth.to_file(path)
+    evaluation = evaluate_files(path, path, settings=EvaluationSettings(mask_ap=False))
+    assert evaluation.report["inputs"]["reprojected"] == ["truth", "predicted"]
+    assert evaluation.truth["area_ha"].to_numpy() == pytest.approx(1.0, rel=1e-2)
+    assert evaluation.report["pixel"]["pixel_iou"] == pytest.approx(1.0, abs=0.02)
+    with pytest.raises(ConfigError, match="in metres"):
+        evaluate_fields(truth, truth)
+
+
 def test_error_layers_are_styled_geopackage_layers(tmp_path: Path) -> None:
     truth = frame([square(0, 0), square(100, 0), square(400, 0)])
     predicted = frame([square(0, 0, 200, 100), square(900, 0)], score=np.array([0.9, 0.8]))
