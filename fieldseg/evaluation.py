@@ -362,7 +362,7 @@ def evaluate_fields(
             "mean_f1": _number(float(np.mean(list(f1_by_iou.values())))),
             "f1_by_iou": {f"{t:.2f}": _number(v) for t, v in f1_by_iou.items()},
         },
-        "by_size": _by_size(truth_status, pred_status),
+        "by_size": _by_size(truth_status, pred_status, matches),
         "pixel": pixel,
         "mask_ap": mask_ap,
         "mask_ap_skipped": ap_skipped,
@@ -622,11 +622,22 @@ def _matched_ids(other_ids: np.ndarray, index: np.ndarray) -> pd.arrays.IntegerA
     return pd.arrays.IntegerArray(ids, mask=index < 0)
 
 
-def _by_size(truth: gpd.GeoDataFrame, predicted: gpd.GeoDataFrame) -> dict[str, dict[str, Any]]:
-    """Object figures per size bin: truth-side by truth size, prediction-side by own size."""
+def _by_size(
+    truth: gpd.GeoDataFrame, predicted: gpd.GeoDataFrame, matches: ObjectMatches
+) -> dict[str, dict[str, Any]]:
+    """Object figures per size bin: truth-side by truth size, prediction-side by own size.
+
+    Split and merged count as in ``object`` (a field may be both), not by the one error label
+    each field shows in the error layers.
+    """
+    split = np.zeros(len(truth), bool)
+    split[matches.split_truth] = True
+    merged = np.zeros(len(truth), bool)
+    merged[matches.merged_truth] = True
     out: dict[str, dict[str, Any]] = {}
     for _, _, name in SIZE_BINS_HA:
-        t = truth[truth["size"] == name]
+        in_bin = (truth["size"] == name).to_numpy()
+        t = truth[in_bin]
         p = predicted[predicted["size"] == name]
         n_truth, n_pred = len(t), len(p)
         tp_truth = int(t["matched"].sum())
@@ -647,10 +658,10 @@ def _by_size(truth: gpd.GeoDataFrame, predicted: gpd.GeoDataFrame) -> dict[str, 
             "precision": _number(precision),
             "recall": _number(recall),
             "f1": _number(f1),
-            "n_split_truth": int((t["error"] == "split").sum()),
-            "split_rate": _number((t["error"] == "split").mean() if n_truth else None),
-            "n_merged_truth": int((t["error"] == "merged").sum()),
-            "merged_rate": _number((t["error"] == "merged").mean() if n_truth else None),
+            "n_split_truth": int(split[in_bin].sum()),
+            "split_rate": _number(split[in_bin].mean() if n_truth else None),
+            "n_merged_truth": int(merged[in_bin].sum()),
+            "merged_rate": _number(merged[in_bin].mean() if n_truth else None),
         }
     return out
 

@@ -131,6 +131,18 @@ def test_figures_by_size_bin_the_truth_by_its_size_and_predictions_by_theirs() -
     assert by_size[">5 ha"]["f1"] == 1.0
 
 
+def test_by_size_counts_a_field_both_split_and_merged_as_object_does() -> None:
+    """A 1 ha field in two pieces, the larger also holding a small neighbour: split and merged
+    (its error label shows one of the two; the figures count both)."""
+    a, b = square(0, 0), square(100, 0, 20)
+    predicted = frame([square(0, 0, 40, 100), box(X0 + 40, Y0, X0 + 120, Y0 + 100)])
+    report = evaluate_fields(predicted, frame([a, b]), settings=FAST).report
+    obj, by_size = report["object"], report["by_size"]
+    assert (obj["n_split_truth"], obj["n_merged_truth"]) == (1, 2)
+    assert (by_size["1-5 ha"]["n_split_truth"], by_size["1-5 ha"]["n_merged_truth"]) == (1, 1)
+    assert (by_size["<1 ha"]["n_split_truth"], by_size["<1 ha"]["n_merged_truth"]) == (0, 1)
+
+
 def test_label_extent_counts_only_fields_mostly_inside() -> None:
     truth = frame([square(0, 0), square(1000, 0)])
     predicted = frame([square(0, 0), square(2000, 0)])  # the second would be a false positive
