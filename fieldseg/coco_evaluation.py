@@ -119,8 +119,8 @@ def evaluate_chip_predictions(
         metrics[f"{iou_type}_mAP"] = _average_precision(evaluation, None)
         metrics[f"{iou_type}_AP50"] = _average_precision(evaluation, 0.5)
         metrics[f"{iou_type}_AP75"] = _average_precision(evaluation, 0.75)
-    metrics["n_images"] = float(len(images))
-    metrics["n_predictions"] = float(len(detections))
+    metrics["n_images"] = len(images)  # counts stay whole numbers in metrics.jsonl
+    metrics["n_predictions"] = len(detections)
     return metrics
 
 

@@ -259,6 +259,7 @@ def _train(
         pin_memory=chosen.type == "cuda",
     )
     started = time.monotonic()
+    seconds_before = float(history[-1].get("seconds", 0.0)) if history else 0.0  # resumed
     deadline = (
         started + 60 * config.training.max_minutes if config.training.max_minutes else math.inf
     )
@@ -272,6 +273,7 @@ def _train(
         losses, out_of_time = _train_epoch(
             trainable, loader, optimizer, scaler, chosen, config, epoch, deadline, amp, ctx
         )
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()
         if not ctx.is_main:  # the main process validates, logs and writes; the others follow
             if ctx.from_main(False):
@@ -279,8 +281,8 @@ def _train(
             continue
         record: dict[str, Any] = {
             "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.monotonic() - started, 1),
+            "lr": lr,
+            "seconds": round(seconds_before + time.monotonic() - started, 1),
             **{f"train_{k}": v for k, v in losses.items()},
         }
         if val_data is not None:
@@ -592,7 +594,10 @@ def _log_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv from the whole history (small; survives resume)."""
     with open(run_dir / METRICS_JSONL, "w") as out:
         for record in history:
-            out.write(json.dumps(record) + "\n")
+            # NaN (a val set with nothing to find) is null: JSON has no NaN
+            plain = {k: None if isinstance(v, float) and math.isnan(v) else v
+                     for k, v in record.items()}  # fmt: skip
+            out.write(json.dumps(plain, allow_nan=False) + "\n")
     columns = list(dict.fromkeys(k for record in history for k in record))
     with open(run_dir / METRICS_CSV, "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=columns)

@@ -72,16 +72,32 @@ def test_resume_continues_the_epoch_count(tiny_dataset: Path, tmp_path: Path) ->
     one trains fastest per step."""
     run_dir = tmp_path / "run"
     config = CONFIG.parent / "yolact_r18_cpu.yaml"
-    train(tiny_dataset, config, run_dir, overrides=["training.batch_size=4", "training.epochs=1"])
+    halving = ["schedule.name=step", "schedule.step_size=1", "schedule.gamma=0.5",
+               "schedule.warmup_steps=0"]  # fmt: skip
+    train(
+        tiny_dataset, config, run_dir,
+        overrides=["training.batch_size=4", "training.epochs=1", *halving],
+    )  # fmt: skip
     # a best epoch chosen by another metric (a run of an older version) is not compared with
     raw = torch.load(run_dir / "last.pt", weights_only=True)
     raw["training_state"].update(best=[1, 99.0], selection_metric="something_else")
     torch.save(raw, run_dir / "last.pt")
     summary = train(tiny_dataset, None, run_dir, resume=True, overrides=["training.epochs=2"])
     assert summary.epochs_done == 2 and summary.best_epoch == 2
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["lr"] for r in records] == pytest.approx([1e-3, 5e-4])  # the rate each trained with
+    assert records[1]["seconds"] > records[0]["seconds"]  # counted on across the resume
     assert load_checkpoint(run_dir / "last.pt").epoch == 2
+
+
+def test_undefined_metrics_are_null_in_the_json_lines(tmp_path: Path) -> None:
+    from fieldseg.training import _log_metrics
+
+    _log_metrics(tmp_path, [{"epoch": 1, "val_segm_mAP": float("nan"), "val_n_images": 0}])
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line) == {"epoch": 1, "val_segm_mAP": None, "val_n_images": 0}
+    assert "NaN" not in line and "nan" in (tmp_path / "metrics.csv").read_text()
 
 
 @pytest.mark.slow
