@@ -248,7 +248,7 @@ def write_geotiff(
 
 def crs_to_json(crs: CRS) -> dict[str, Any]:
     """CRS encoding of docs/formats.md: WKT always, plus the EPSG code when there is one."""
-    return {"wkt": crs.to_wkt(), "epsg": crs.to_epsg()}
+    return {"wkt": crs.to_wkt(version="WKT2_2019"), "epsg": crs.to_epsg()}
 
 
 def crs_from_json(value: dict[str, Any]) -> CRS:

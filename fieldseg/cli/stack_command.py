@@ -23,7 +23,9 @@ from fieldseg.cli.options import comma_separated, overwrite_option
 def stack(
     files: tuple[Path, ...], output: Path, band_names: tuple[str, ...] | None, overwrite: bool
 ) -> None:
-    """Stack single-band FILES, in the order given, into one multi-band scene (a GDAL VRT).
+    """Stack band FILES, in the order given, into one multi-band scene (a GDAL VRT).
+
+    Each file gives its bands in turn: usually one band a file, every band of a multi-band one.
 
     The files must share CRS, pixel grid, size, data type and nodata value. No pixels are
     copied: the VRT points at the files and opens in QGIS like any raster. Order the files date
