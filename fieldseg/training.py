@@ -358,10 +358,17 @@ def _train_epoch(
             losses = model(images_on, targets_on)
         total = sum(losses.values())
         if ctx.any(not bool(torch.isfinite(total))):
+            stopped = f"the loss became {total.item()} at epoch {epoch}, step {steps + 1}"
+            if epoch == 1:  # no epoch finished, so no checkpoint to start from
+                raise TrainingError(
+                    f"{stopped}; training stopped before any epoch finished, so there is no "
+                    "checkpoint: run again with a lower rate (--set optimizer.lr=...; the same "
+                    "-o folder is reused)"
+                )
             raise TrainingError(
-                f"the loss became {total.item()} at epoch {epoch}, step {steps + 1}; training "
-                f"stopped and {LAST} keeps the last good epoch: start a new run from it with a "
-                f"lower rate (-o NEW --weights RUN/{LAST} --set optimizer.lr=...)"
+                f"{stopped}; training stopped and {LAST} keeps the last good epoch: start a new "
+                f"run from it with a lower rate (-o NEW --weights RUN/{LAST} --set "
+                "optimizer.lr=...)"
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()

@@ -116,6 +116,18 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     assert load_checkpoint(run_dir / "last.pt").epoch == 1
 
 
+def test_a_nan_loss_in_the_first_epoch_says_there_is_no_checkpoint(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nan_losses(self: object, images: object, targets: object) -> dict[str, torch.Tensor]:
+        return {"loss_mask": torch.tensor(float("nan"), requires_grad=True)}
+
+    monkeypatch.setattr(MaskRCNNFieldModel, "training_step", nan_losses)
+    with pytest.raises(TrainingError, match="before any epoch finished, so there is no checkpoint"):
+        train(tiny_dataset, CONFIG, tmp_path / "run", overrides=[*FAST, "training.epochs=1"])
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_bad_runs_are_clear_errors(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="not a fieldseg dataset"):
         train(tmp_path, CONFIG, tmp_path / "run")
