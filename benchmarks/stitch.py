@@ -430,7 +430,6 @@ def predict_with_oracle(
     mode: str, ids_tif: Path, out: Path, chip_size: int, overlap: int, device: str
 ) -> dict[str, Any]:
     """``predict_scene`` with a fresh oracle (run in a child process): seconds, memory, chips."""
-    logging.getLogger("fieldseg.inference").setLevel(logging.ERROR)  # id band stats: not news
     model = oracle(mode)
     summary = predict_scene(
         ids_tif,

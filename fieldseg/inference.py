@@ -195,7 +195,8 @@ def predict_scene(
         info = raster_info(src)
         _check_bands(info, net)
         area_window, aoi = _prediction_area(info, extent, bbox)
-        _warn_if_statistics_differ(src, info, net, area_window)
+        if net.checks_scene_statistics:
+            _warn_if_statistics_differ(src, info, net, area_window)
         area_transform = rasterio.windows.transform(area_window, info.transform)
         height, width = int(area_window.height), int(area_window.width)
         pixel_m2 = _pixel_area_m2(info, area_window)

@@ -55,6 +55,7 @@ class OracleFieldModel(FieldModel):
     """
 
     family = "oracle"
+    checks_scene_statistics = False  # it reads field ids, not reflectances
 
     def __init__(
         self,

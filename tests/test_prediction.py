@@ -54,6 +54,15 @@ def test_exact_oracle_gives_the_truth_back(scene: OracleScene, tmp_path: Path, c
     assert fields["seam_merged"].any() and (fields["n_chips"] >= 2).any()
 
 
+def test_the_oracle_predicts_without_warnings(
+    scene: OracleScene, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its scene holds field ids, not reflectances: no warning about the band statistics."""
+    with caplog.at_level("WARNING", logger="fieldseg"):
+        fields = _predict(scene, tmp_path / "fields.gpkg")
+    assert len(fields) > 0 and caplog.records == []
+
+
 def test_noisy_oracle_meets_the_targets(scene: OracleScene, tmp_path: Path) -> None:
     truth = gpd.read_file(scene.truth)
     fields = _predict(scene, tmp_path / "fields.gpkg", chip_size=128, overlap=32,

@@ -100,6 +100,9 @@ class FieldModel(nn.Module, ABC):
     #: drives early stopping: COCO mask mAP for instance models; a family whose output is
     #: decided by calibrated post-processing may pick the object F1 its calibration reports.
     selection_metric: ClassVar[str] = "segm_mAP"
+    #: Whether ``predict`` compares a scene's band values with the training statistics and
+    #: warns when they are far apart; off for models that read labels, not reflectances.
+    checks_scene_statistics: ClassVar[bool] = True
 
     def __init__(
         self, band_names: Sequence[str], statistics: Sequence[BandStatistics], nodata: float | None
