@@ -78,6 +78,9 @@ class TrainSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: the val metric that chose the best epoch (the family's ``selection_metric``)
     metric_name: str = "segm_mAP"
+    #: False in the other processes of a distributed run: they do not validate, so their
+    #: summary holds no best epoch and is not the run's
+    is_main: bool = True
 
 
 def train(
@@ -329,6 +332,7 @@ def _train(
         stopped_because=stopped,
         history=history,
         metric_name=model.selection_metric,
+        is_main=ctx.is_main,
     )
 
 

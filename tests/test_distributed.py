@@ -101,6 +101,7 @@ def _train_rank(rank: int, world: int, port: int, dataset: str, run_dir: str) ->
     _join(rank, world, port)
     summary = train(dataset, CONFIG, run_dir, overrides=FAST, device="cpu")
     assert summary.epochs_done == 1
+    assert summary.is_main == (rank == 0)  # the CLI prints only the first process's summary
 
 
 @pytest.mark.slow

@@ -107,6 +107,8 @@ def train(
         weights=weights,
         overwrite=overwrite,
     )
+    if not summary.is_main:  # the first process reports the run
+        return
     best = (
         f"best val {summary.metric_name} {summary.best_metric:.3f} at epoch {summary.best_epoch}"
         if summary.best_metric is not None
