@@ -17,7 +17,13 @@ import rasterio
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, CRSError, InputFileError
-from fieldseg.raster_io import RasterInfo, open_raster, raster_info, same_nodata
+from fieldseg.raster_io import (
+    RasterInfo,
+    default_band_names,
+    open_raster,
+    raster_info,
+    same_nodata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +42,19 @@ GDAL_TYPE_NAMES: dict[str, str] = {
 }
 
 
-def band_names_from_files(paths: Sequence[Path], counts: Sequence[int]) -> list[str]:
+def band_names_from_files(
+    paths: Sequence[Path],
+    counts: Sequence[int],
+    descriptions: Sequence[Sequence[str] | None] | None = None,
+) -> list[str]:
     """Name bands after their files, dropping the prefix all file names share.
 
     ``s2_l3a_20210615_blue.tif, s2_l3a_20210715_blue.tif`` become ``20210615_blue,
-    20210715_blue`` (cut only at ``_``, ``-`` or ``.`` so that words stay whole); multi-band
-    files add ``_bN``. Names that would clash or vanish keep the whole file name.
+    20210715_blue`` (cut only at ``_``, ``-`` or ``.`` so that words stay whole). A multi-band
+    file whose bands all carry distinct descriptions (``descriptions``, per file, or None)
+    keeps them: alone as they are, among other files after its file's name
+    (``2021_red``); without them its bands add ``_bN``. Names that would clash or vanish keep
+    the whole file name.
     """
     stems = [p.stem for p in paths]
     prefix = os.path.commonprefix(stems) if len(stems) > 1 else ""  # noqa: RUF071
@@ -49,9 +62,15 @@ def band_names_from_files(paths: Sequence[Path], counts: Sequence[int]) -> list[
     shortened = [stem[cut:] for stem in stems]
     if len(set(shortened)) != len(shortened) or not all(shortened):
         shortened = stems
+    described = list(descriptions) if descriptions is not None else [None] * len(paths)
     names: list[str] = []
-    for stem, count in zip(shortened, counts, strict=True):
-        names.extend([stem] if count == 1 else [f"{stem}_b{i}" for i in range(1, count + 1)])
+    for stem, count, own in zip(shortened, counts, described, strict=True):
+        if count == 1:
+            names.append(stem)
+        elif own is not None and len(own) == count and all(own) and len(set(own)) == count:
+            names.extend(own if len(paths) == 1 else [f"{stem}_{name}" for name in own])
+        else:
+            names.extend(f"{stem}_b{i}" for i in range(1, count + 1))
     return names
 
 
@@ -101,7 +120,11 @@ def stack_bands(
 
     counts = [info.count for info in infos]
     total = sum(counts)
-    names = list(band_names) if band_names else band_names_from_files(paths, counts)
+    described = [
+        info.band_names if info.band_names != default_band_names(info.count) else None
+        for info in infos
+    ]
+    names = list(band_names) if band_names else band_names_from_files(paths, counts, described)
     if len(names) != total:
         raise ConfigError(f"{len(names)} band names given for {total} bands ({len(paths)} files)")
     if len(set(names)) != len(names):

@@ -126,6 +126,22 @@ def test_band_names_from_files_rules() -> None:
     ]
     assert band_names_from_files([Path("a_x.tif"), Path("b_x.tif")], [1, 1]) == ["a_x", "b_x"]
     assert band_names_from_files([Path("only_one.tif")], [2]) == ["only_one_b1", "only_one_b2"]
+    # a multi-band file keeps its own distinct band descriptions
+    assert band_names_from_files([Path("s.tif")], [2], [("red", "nir")]) == ["red", "nir"]
+    dates = [Path("s2_2021.tif"), Path("s2_2022.tif")]
+    assert band_names_from_files(dates, [2, 2], [("red", "nir"), ("red", "nir")]) == [
+        "2021_red", "2021_nir", "2022_red", "2022_nir"]  # fmt: skip
+    assert band_names_from_files([Path("s.tif")], [2], [("red", "red")]) == ["s_b1", "s_b2"]
+    assert band_names_from_files([Path("s.tif")], [2], [None]) == ["s_b1", "s_b2"]
+
+
+def test_a_described_multi_band_scene_stacks_with_its_band_names(tmp_path: Path) -> None:
+    """Stacking one scene gives a VRT that predicts like the scene: the same band names."""
+    scene = tmp_path / "scene.tif"
+    _write(scene, np.ones((3, 8, 8), np.int16), band_names=["red_d1", "green_d1", "nir_d1"])
+    stack_bands([scene], tmp_path / "scene.vrt")
+    _, meta = _read(tmp_path / "scene.vrt")
+    assert meta["descriptions"] == ("red_d1", "green_d1", "nir_d1")
 
 
 def test_stacked_vrt_tiles_like_a_geotiff(tmp_path: Path, bands: dict[str, Path]) -> None:
