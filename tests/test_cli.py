@@ -387,6 +387,9 @@ def test_tile_cli_sigterm_unwinds_and_leaves_nothing(
 
     def terminated(*args: object, **kwargs: object) -> None:
         if len(written) == 3:
+            # without fieldseg's handler the signal would end pytest itself: fail instead
+            handler = signal.getsignal(signal.SIGTERM)
+            assert callable(handler) and handler is not before, "no SIGTERM handler is set"
             os.kill(os.getpid(), signal.SIGTERM)
         written.append(1)
         real(*args, **kwargs)  # type: ignore[arg-type]
@@ -401,6 +404,21 @@ def test_tile_cli_sigterm_unwinds_and_leaves_nothing(
     assert "Traceback" not in stderr_of(result)
     assert len(written) == 3 and listing(parent) == []  # stopped at the fourth chip
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's alone
+
+
+def test_sigterm_is_left_alone_in_the_other_processes_of_a_distributed_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fieldseg.cli import _sigterm_unwinds
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setenv("RANK", "1")
+    with _sigterm_unwinds():
+        assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setenv("RANK", "0")
+    with _sigterm_unwinds():
+        assert callable(signal.getsignal(signal.SIGTERM))
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_train_cli_ctrl_c_says_how_to_go_on(

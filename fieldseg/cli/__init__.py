@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,20 +43,28 @@ def _sigterm_unwinds() -> Iterator[None]:
     """While the command runs, SIGTERM raises :class:`Terminated` instead of killing at once.
 
     Python's default for SIGTERM ends the process without running ``finally`` blocks, which
-    would leave the temporary outputs of :mod:`fieldseg.atomic_output` behind.
+    would leave the temporary outputs of :mod:`fieldseg.atomic_output` behind. The other
+    processes of a distributed run write nothing, so they keep the default and end at once
+    (one may be waiting in a collective, where no handler could run). A second SIGTERM during
+    the clean-up is ignored.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or os.environ.get("RANK", "0") != "0"
+    ):
+        yield  # handlers can only be set from the main thread; other ranks write nothing
         return
 
     def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the clean-up finish
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: a handler not set from Python; the default is the closest to it
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 class FieldsegGroup(click.Group):
