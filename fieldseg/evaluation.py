@@ -22,8 +22,8 @@ Label modes, with the names ``fieldseg tile`` uses:
   drawn fields and the counted predictions.
 
 Areas and sizes are in square metres of the metric CRS: the truth's CRS when projected in
-metres, else (geographic, or projected in feet) the UTM zone of the truth's centre, so size
-bins mean true hectares.
+metres with true areas where the truth lies, else (geographic, feet, Web Mercator) the UTM
+zone of the truth's centre, so size bins mean true hectares.
 
 What cannot be scored is refused before any rasterising, since it would otherwise come out as
 plausible-looking figures (all 1 for two empty sets, all 0 for a file mix-up): a truth without a
@@ -48,12 +48,13 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-from pyproj import CRS
+from pyproj import CRS, Proj, Transformer
+from pyproj.exceptions import ProjError
 from shapely.geometry.base import BaseGeometry
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, InputFileError
-from fieldseg.labels import check_coordinates_fit_crs, repaired_polygons, resolve_overlaps
+from fieldseg.labels import check_coordinates_fit_crs, polygonal_part, repaired_polygons
 from fieldseg.object_matching import IOU_THRESHOLDS, ObjectMatches, ObjectOverlaps, object_overlaps
 from fieldseg.raster_metrics import (
     SIZE_BINS_HA,
@@ -68,6 +69,11 @@ logger = logging.getLogger(__name__)
 
 LABEL_MODES = ("complete", "label_extent", "sparse")
 
+#: A projected CRS whose areas are off by more than this share at the truth's centre is
+#: replaced by the UTM zone there (UTM itself is off by at most about 0.2 % within its zone).
+MAX_AREA_DISTORTION = 0.01
+#: A truth overlap is resolved when it covers more than this share of the smaller field.
+TRUTH_OVERLAP_SHARE = 0.01
 #: In sparse mode a prediction counts when its overlap with the drawn fields reaches this share
 #: of its own area or of a drawn field's area.
 SPARSE_OVERLAP_SHARE = 0.1
@@ -186,7 +192,7 @@ def evaluate_files(
     _stage(on_stage, "reading")
     truth = _read_fields(truth_path, "truth")
     predicted = _read_fields(predicted_path, "predicted")
-    crs = truth.crs if _in_metres(truth.crs) else truth.estimate_utm_crs()
+    crs = truth.crs if _true_areas(truth) else truth.estimate_utm_crs()
     reprojected = [name for name, f in (("truth", truth), ("predicted", predicted)) if f.crs != crs]
     truth, predicted = _to_crs(truth, crs), _to_crs(predicted, crs)
     extent = read_area_of_interest(label_extent, crs) if label_extent is not None else None
@@ -264,7 +270,6 @@ def evaluate_fields(
             f"the truth holds no field polygon with an area: {held}; nothing to evaluate against"
         )
     n_without_area = {"truth": n_truth_read - len(truth)}
-    truth, n_truth_overlaps = _without_overlaps(truth)
     predicted = _prepared(predicted, "predicted")
     _check_extents_overlap(predicted, truth)
     n_without_area["predicted"] = n_predicted_read - len(predicted)
@@ -292,6 +297,8 @@ def evaluate_fields(
         region = shapely.union_all(
             np.concatenate([truth.geometry.to_numpy(), predicted.geometry.to_numpy()])
         )
+    _stage(on_stage, f"checking {len(truth)} truth fields for overlaps")
+    truth, n_truth_overlaps, n_truth_left_out = _without_overlaps(truth)
     truth = truth.reset_index(drop=True)
     predicted = predicted.reset_index(drop=True)
 
@@ -355,6 +362,7 @@ def evaluate_fields(
             "n_predicted_read": n_predicted_read,
             "n_without_area": n_without_area,
             "n_truth_overlapping_pairs": n_truth_overlaps,
+            "n_truth_left_out": n_truth_left_out,
         },
         "counts": {"n_truth": len(truth), "n_predicted": len(predicted)},
         "object": {
@@ -408,6 +416,23 @@ def _in_metres(crs: CRS) -> bool:
     )
 
 
+def _true_areas(frame: gpd.GeoDataFrame) -> bool:
+    """Whether the frame's CRS measures true metres where the frame lies.
+
+    In metres, and areas off by at most :data:`MAX_AREA_DISTORTION` at its centre (Web
+    Mercator is not: 2.3x at 48 N).
+    """
+    if not _in_metres(frame.crs):
+        return False
+    x, y = (frame.total_bounds[:2] + frame.total_bounds[2:]) / 2
+    lon, lat = Transformer.from_crs(frame.crs, "EPSG:4326", always_xy=True).transform(x, y)
+    try:
+        scale = Proj(frame.crs).get_factors(lon, lat).areal_scale
+    except ProjError:  # a projection PROJ cannot differentiate there: trust it
+        return True
+    return bool(abs(scale - 1.0) <= MAX_AREA_DISTORTION)
+
+
 def _to_crs(frame: gpd.GeoDataFrame, crs: object) -> gpd.GeoDataFrame:
     return frame if frame.crs == crs else frame.to_crs(crs)
 
@@ -432,24 +457,52 @@ def _prepared(frame: gpd.GeoDataFrame, name: str) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(columns, geometry=list(polygons[keep]), crs=frame.crs)
 
 
-def _without_overlaps(truth: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, int]:
-    """The truth as ``tile`` trains on it: each overlap given to the smaller field.
+def _without_overlaps(truth: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, int, int]:
+    """The truth with its real overlaps resolved as ``tile`` resolves them.
 
-    A field is one-to-one matched, so two truth fields drawn over the same ground (a duplicate
-    row, a field drawn twice) could never both be found; the larger of each pair loses the
-    overlap, and a duplicate loses everything and is left out. Returns the number of pairs.
+    Fields are matched one to one, so two truth fields drawn over the same ground (a duplicate
+    row, a field drawn twice) could never both be found. An overlap covering more than
+    :data:`TRUTH_OVERLAP_SHARE` of the smaller field goes to the smaller one; a field left
+    with less than half its area (a copy, or a field drawn under smaller ones) is left out.
+    Hand-drawn neighbours that overlap by centimetres are left as they are: matching at an IoU
+    of 0.5 does not notice them. Returns the truth, the overlapping pairs and the fields left
+    out.
     """
-    truth = truth.copy()
-    n_pairs = resolve_overlaps(truth)
-    if not n_pairs:
-        return truth, 0
-    kept = truth[shapely.area(truth.geometry.to_numpy()) > 0].reset_index(drop=True)
+    geometries = truth.geometry.to_numpy().copy()
+    if len(geometries) < 2:
+        return truth, 0, 0
+    left, right = shapely.STRtree(geometries).query(geometries)  # boxes that meet
+    left, right = left[left < right], right[left < right]
+    areas = shapely.area(geometries)
+    smaller = np.minimum(areas[left], areas[right])
+    # an overlap is no larger than the boxes' overlap: most neighbours are ruled out here
+    b = shapely.bounds(geometries)
+    box_w = np.minimum(b[left, 2], b[right, 2]) - np.maximum(b[left, 0], b[right, 0])
+    box_h = np.minimum(b[left, 3], b[right, 3]) - np.maximum(b[left, 1], b[right, 1])
+    near = np.clip(box_w, 0, None) * np.clip(box_h, 0, None) > TRUTH_OVERLAP_SHARE * smaller
+    left, right, smaller = left[near], right[near], smaller[near]
+    overlap = shapely.area(shapely.intersection(geometries[left], geometries[right]))
+    real = overlap > TRUTH_OVERLAP_SHARE * smaller
+    if not real.any():
+        return truth, 0, 0
+    cut_from: dict[int, list[int]] = {}
+    for i, j in zip(left[real], right[real], strict=True):
+        # the larger loses; equal areas: the later row, as in tile
+        larger, small = (i, j) if (areas[i], i) > (areas[j], j) else (j, i)
+        cut_from.setdefault(int(larger), []).append(int(small))
+    for larger, small in cut_from.items():
+        rest = shapely.difference(geometries[larger], shapely.union_all(geometries[small]))
+        geometries[larger] = polygonal_part(rest) or shapely.Polygon()
+    kept = shapely.area(geometries) >= 0.5 * areas
+    resolved = truth.copy()
+    resolved.geometry = gpd.GeoSeries(geometries, index=truth.index, crs=truth.crs)
+    n_pairs, n_left_out = int(real.sum()), int((~kept).sum())
     logger.warning(
         "the truth holds %d overlapping pairs of fields: each overlap was given to the smaller "
-        "field, as `tile` does; %d field(s) drawn entirely over another were left out",
-        n_pairs, len(truth) - len(kept),
+        "field, as `tile` does; %d field(s) left with less than half their area were left out",
+        n_pairs, n_left_out,
     )  # fmt: skip
-    return kept, n_pairs
+    return resolved[kept], n_pairs, n_left_out
 
 
 def _mostly_inside(geometries: np.ndarray, region: BaseGeometry) -> np.ndarray:

@@ -333,6 +333,16 @@ def test_truth_in_feet_is_evaluated_in_metres(tmp_path: Path) -> None:
         evaluate_fields(truth, truth)
 
 
+def test_web_mercator_truth_is_evaluated_in_its_utm_zone(tmp_path: Path) -> None:
+    """Metres, but areas 2.3 times too large at 45 N: the UTM zone measures true hectares."""
+    truth = frame(grid_fields(2)).to_crs("EPSG:3857")
+    path = tmp_path / "truth.gpkg"
+    truth.to_file(path)
+    evaluation = evaluate_files(path, path, settings=FAST)
+    assert evaluation.report["inputs"]["crs"] == "EPSG:32633"
+    assert evaluation.truth["area_ha"].to_numpy() == pytest.approx(1.0, rel=1e-3)
+
+
 def test_error_layers_are_styled_geopackage_layers(tmp_path: Path) -> None:
     truth = frame([square(0, 0), square(100, 0), square(400, 0)])
     predicted = frame([square(0, 0, 200, 100), square(900, 0)], score=np.array([0.9, 0.8]))
@@ -548,14 +558,18 @@ def test_the_tolerance_limit_is_in_whole_pixels_and_only_for_pixel_metrics() -> 
 def test_overlapping_truth_is_resolved_as_tile_resolves_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A field drawn twice could never be found twice: the duplicate is left out, and a field
-    drawn over part of a larger one keeps that part (the larger is matched by what is left)."""
+    """A field drawn twice could never be found twice: the copy is left out, also when drawn
+    a little off; a field drawn over part of a larger one keeps that part (the larger is
+    matched by what is left); neighbours overlapping by centimetres stay as drawn."""
     big, small = square(0, 0, 300), square(0, 0, 100)
-    truth = frame([square(400, 0), square(400, 0), big, small])
-    predicted = frame([square(400, 0), small, big.difference(small)])
+    copies = [square(400, 0), translate(square(400, 0), 0.3, 0.3)]
+    neighbours = [square(0, 400), square(99.95, 400)]  # 5 cm over each other
+    truth = frame([*copies, big, small, *neighbours])
+    predicted = frame([square(400, 0), small, big.difference(small), *neighbours])
     with caplog.at_level("WARNING", logger="fieldseg"):
         report = evaluate_fields(predicted, truth, settings=FAST).report
     assert report["inputs"]["n_truth_overlapping_pairs"] == 2
-    assert report["counts"]["n_truth"] == 3
+    assert report["inputs"]["n_truth_left_out"] == 1
+    assert report["counts"]["n_truth"] == 5
     assert report["object"]["f1"] == 1.0
-    assert "2 overlapping pairs" in caplog.text and "1 field(s) drawn entirely" in caplog.text
+    assert "2 overlapping pairs" in caplog.text and "1 field(s) left with less" in caplog.text
