@@ -17,13 +17,7 @@ import rasterio
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, CRSError, InputFileError
-from fieldseg.raster_io import (
-    RasterInfo,
-    default_band_names,
-    open_raster,
-    raster_info,
-    same_nodata,
-)
+from fieldseg.raster_io import RasterInfo, open_raster, raster_info, same_nodata
 
 logger = logging.getLogger(__name__)
 
@@ -110,20 +104,19 @@ def stack_bands(
 
     infos: list[RasterInfo] = []
     blocks: dict[Path, tuple[int, int]] = {}
+    described: list[tuple[str, ...] | None] = []  # a file's band descriptions, if all have one
     for path in paths:
         with open_raster(path) as src:
             infos.append(raster_info(src))
             blocks[infos[-1].path] = src.block_shapes[0]
+            own = tuple(d or "" for d in src.descriptions)
+            described.append(own if all(own) else None)
     reference = infos[0]
     for info in infos[1:]:
         _check_same_grid(reference, info)
 
     counts = [info.count for info in infos]
     total = sum(counts)
-    described = [
-        info.band_names if info.band_names != default_band_names(info.count) else None
-        for info in infos
-    ]
     names = list(band_names) if band_names else band_names_from_files(paths, counts, described)
     if len(names) != total:
         raise ConfigError(f"{len(names)} band names given for {total} bands ({len(paths)} files)")

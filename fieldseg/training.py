@@ -276,7 +276,7 @@ def _train(
         losses, out_of_time = _train_epoch(
             trainable, loader, optimizer, scaler, chosen, config, epoch, deadline, amp, ctx
         )
-        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+        lr = optimizer.param_groups[0]["lr"]  # this epoch's scheduled rate (before warm-up)
         scheduler.step()
         if not ctx.is_main:  # the main process validates, logs and writes; the others follow
             if ctx.from_main(False):
@@ -605,8 +605,8 @@ def _log_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv from the whole history (small; survives resume)."""
     with open(run_dir / METRICS_JSONL, "w") as out:
         for record in history:
-            # NaN (a val set with nothing to find) is null: JSON has no NaN
-            plain = {k: None if isinstance(v, float) and math.isnan(v) else v
+            # NaN (a val set with nothing to find) or infinity is null: JSON has neither
+            plain = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                      for k, v in record.items()}  # fmt: skip
             out.write(json.dumps(plain, allow_nan=False) + "\n")
     columns = list(dict.fromkeys(k for record in history for k in record))

@@ -142,6 +142,10 @@ def test_a_described_multi_band_scene_stacks_with_its_band_names(tmp_path: Path)
     stack_bands([scene], tmp_path / "scene.vrt")
     _, meta = _read(tmp_path / "scene.vrt")
     assert meta["descriptions"] == ("red_d1", "green_d1", "nir_d1")
+    # a band without its own description: the file's bands are numbered instead
+    _write(tmp_path / "half.tif", np.ones((3, 8, 8), np.int16), band_names=["red", "", "nir"])
+    stack_bands([tmp_path / "half.tif"], tmp_path / "half.vrt")
+    assert _read(tmp_path / "half.vrt")[1]["descriptions"] == ("half_b1", "half_b2", "half_b3")
 
 
 def test_stacked_vrt_tiles_like_a_geotiff(tmp_path: Path, bands: dict[str, Path]) -> None:

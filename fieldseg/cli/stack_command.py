@@ -17,7 +17,8 @@ from fieldseg.cli.options import comma_separated, overwrite_option
 @click.option(
     "--band-names",
     callback=comma_separated,
-    help="Comma-separated names, one per band in order (default: from the file names).",
+    help="Comma-separated names, one per band in order (default: from the file names, and "
+    "a multi-band file's own band descriptions).",
 )
 @overwrite_option
 def stack(
