@@ -9,6 +9,7 @@ code. Wherever a checkpoint is asked for, a run folder works too (meaning its ``
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class Checkpoint:
     """A loaded checkpoint (see the module docstring for what it holds)."""
 
     data: dict[str, Any]
+    #: The file it was read from (None when built in memory).
+    path: Path | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -59,6 +62,8 @@ class Checkpoint:
         """The model with its trained weights, on the CPU, in eval mode."""
         model = build_model(model_config(self.config["model"]), self.spec)
         model.load_state_dict(self.data["state_dict"])
+        if self.path is not None:
+            model.source = f"{self.data['family']}:{file_hash(self.path)}"
         return model.eval()
 
 
@@ -153,6 +158,15 @@ def _load_reason(path: str | os.PathLike[str], exc: Exception) -> str:
     return ""
 
 
+def file_hash(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256: the ``model`` tag of predicted fields."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint file or a run folder's best one, safely (``weights_only=True``).
 
@@ -165,4 +179,4 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise InputFileError(f"{file} is not a fieldseg checkpoint")
     if data.get("format_version", 0) > CHECKPOINT_VERSION:
         raise InputFileError(f"{file} was written by a newer fieldseg; upgrade fieldseg")
-    return Checkpoint(data)
+    return Checkpoint(data, path=file)

@@ -16,7 +16,6 @@ It accepts any :class:`fieldseg.models.FieldModel` (a trained model, or the orac
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -79,6 +78,13 @@ class PredictSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     #: The probability rasters written (``write_rasters``), by map name.
     rasters: dict[str, Path] = field(default_factory=dict)
+    #: The settings used, defaults resolved: chip side and overlap in pixels, the seam mode
+    #: (``blend`` or ``instances``), the score threshold and the ``model`` tag of the fields.
+    chip_size: int = 0
+    overlap: int = 0
+    seams: str = ""
+    score_threshold: float = 0.0
+    model: str = ""
 
 
 @dataclass
@@ -306,6 +312,11 @@ def predict_scene(
         area_km2=height * width * pixel_km2,
         seconds={k: round(v, 3) for k, v in timings.items()},
         rasters=dict(rasters.paths) if rasters is not None else {},
+        chip_size=chip_size,
+        overlap=overlap,
+        seams="blend" if blend else "instances",
+        score_threshold=float(score_threshold),
+        model=loaded.name,
     )
 
 
@@ -406,27 +417,22 @@ def _write_batch(
 
 
 def _load_model(model: FieldModel | str | os.PathLike[str]) -> _LoadedModel:
-    if isinstance(model, FieldModel):
-        return _LoadedModel(model, model.family, DEFAULT_CHIP_SIZE, ("field",))
-    from fieldseg.checkpoint import load_checkpoint, resolve_checkpoint_path
+    """The model and what it was built for.
 
-    path = resolve_checkpoint_path(model)
-    checkpoint = load_checkpoint(path)
-    spec = checkpoint.spec
+    A model object built for a dataset (by ``build_model`` or from a checkpoint) predicts
+    exactly as its checkpoint path would: same chips, classes and ``model`` tag.
+    """
+    if not isinstance(model, FieldModel):
+        from fieldseg.checkpoint import load_checkpoint
+
+        model = load_checkpoint(model).build_model()
+    spec = model.spec
     return _LoadedModel(
-        checkpoint.build_model(),
-        f"{checkpoint.data['family']}:{_file_hash(path)}",
-        spec.chip_size,
-        spec.categories,
+        model,
+        model.source or model.family,
+        spec.chip_size if spec is not None else DEFAULT_CHIP_SIZE,
+        spec.categories if spec is not None else ("field",),
     )
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 def _check_bands(info: RasterInfo, model: FieldModel) -> None:

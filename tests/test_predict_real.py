@@ -63,6 +63,26 @@ def test_predict_with_a_checkpoint_on_its_own_kind_of_scene(eight_band_run: Path
 
 
 @pytest.mark.slow
+def test_a_model_object_predicts_as_its_checkpoint(eight_band_run: Path) -> None:
+    """Same chips (the checkpoint's, not a default), same classes, same ``model`` tag."""
+    from fieldseg.checkpoint import load_checkpoint
+    from fieldseg.inference import predict_scene
+
+    scene, run_dir = eight_band_run / "scene.tif", eight_band_run / "run"
+    options = {"score_threshold": 0.05, "show_progress": False}
+    by_path = predict_scene(scene, run_dir, eight_band_run / "a.gpkg", **options)
+    model = load_checkpoint(run_dir).build_model()
+    by_object = predict_scene(scene, model, eight_band_run / "b.gpkg", **options)
+    assert by_path.chip_size == by_object.chip_size == load_checkpoint(run_dir).spec.chip_size
+    assert by_path.model == by_object.model and by_path.model.startswith("maskrcnn:")
+    assert (by_path.overlap, by_path.seams) == (by_object.overlap, by_object.seams)
+    a = gpd.read_file(eight_band_run / "a.gpkg", layer="fields")
+    b = gpd.read_file(eight_band_run / "b.gpkg", layer="fields")
+    assert len(a) == len(b) and a.geometry.geom_equals(b.geometry).all()
+    assert (a["model"] == b["model"]).all()
+
+
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.skipif(not AUSTRIA.exists(), reason=f"real data not found at {AUSTRIA}")
 def test_predict_a_real_ftw_scene(eight_band_run: Path, tmp_path: Path) -> None:

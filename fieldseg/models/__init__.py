@@ -67,7 +67,7 @@ class ModelSpec:
 def build_model(config: BaseModel, spec: ModelSpec, *, pretrained: str = "none") -> FieldModel:
     """Build the family's model for ``spec`` (see :class:`ModelSpec`)."""
     model_class = FAMILIES[config.family][1]  # type: ignore[attr-defined]
-    return model_class(
+    model = model_class(
         config,  # type: ignore[arg-type]
         spec.bands,
         spec.statistics,
@@ -76,6 +76,8 @@ def build_model(config: BaseModel, spec: ModelSpec, *, pretrained: str = "none")
         num_classes=len(spec.categories),
         pretrained=pretrained,  # type: ignore[arg-type]
     )
+    model.spec = spec
+    return model
 
 
 __all__ = ["FAMILIES", "ChipPrediction", "FieldModel", "ModelSpec", "build_model", "model_config"]

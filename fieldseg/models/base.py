@@ -12,13 +12,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.models.boxed_masks import BoxedMasks
+
+if TYPE_CHECKING:
+    from fieldseg.models import ModelSpec
 
 
 @dataclass
@@ -112,6 +115,11 @@ class FieldModel(nn.Module, ABC):
             raise ValueError("one statistics entry per band is needed")
         self.band_names = tuple(band_names)
         self.normaliser = BandNormaliser(statistics, nodata)
+        #: What :func:`fieldseg.models.build_model` built it for (chip size, classes), so that
+        #: ``predict_scene`` given the model object predicts as given its checkpoint.
+        self.spec: ModelSpec | None = None
+        #: The output's ``model`` attribute: family and checkpoint hash when loaded from one.
+        self.source: str | None = None
 
     def normalise(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Normalised copies of raw chips."""
