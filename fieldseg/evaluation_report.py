@@ -132,16 +132,15 @@ def plot_errors(
     evaluation: FieldEvaluation, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
     """Draw a PNG map: truth fields filled by status, false and merging predictions outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen needed
-    from matplotlib import pyplot as plt
+    # a bare Figure draws off screen without pyplot, so a notebook's backend is left alone
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     truth, predicted = evaluation.truth, evaluation.predicted
     report = evaluation.report
-    figure, axis = plt.subplots(figsize=(10, 11), layout="constrained")
+    figure = Figure(figsize=(10, 11), layout="constrained")
+    axis = figure.subplots()
     handles = []
     for error in ("tp", "fn", "split", "merged"):
         part = truth[truth["error"] == error]
@@ -175,7 +174,6 @@ def plot_errors(
     figure.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
     with atomic_file(path, overwrite=overwrite) as tmp:
         figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)
     return Path(path)
 
 

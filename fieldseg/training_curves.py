@@ -14,15 +14,14 @@ VAL_METRICS = ("val_segm_mAP", "val_segm_AP50", "val_bbox_mAP", "val_object_f1")
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
     """Draw the per-epoch losses and validation metrics of ``history`` into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen needed
-    from matplotlib import pyplot as plt
+    # a bare Figure draws off screen without pyplot, so a notebook's backend is left alone
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     epochs = [record["epoch"] for record in history]
     losses = [k for k in dict.fromkeys(k for r in history for k in r) if k.startswith("train_")]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    left, right = figure.subplots(1, 2)
     for key in losses:
         style = {"linewidth": 2.5, "color": "black"} if key == "train_loss" else {"alpha": 0.8}
         left.plot(epochs, [r.get(key) for r in history], marker="o", label=key[6:], **style)
@@ -41,4 +40,3 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic_file(path, overwrite=True) as tmp:
         figure.savefig(tmp, dpi=100, format="png")
-    plt.close(figure)

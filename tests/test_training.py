@@ -336,3 +336,20 @@ def test_loader_workers_draw_new_augmentations_every_epoch(tmp_path: Path) -> No
             assert torch.equal(image, data[ids[image_id]][0])  # the main process's draw
         seen.append(chips)
     assert any(not torch.equal(seen[0][k], seen[1][k]) for k in seen[0])
+
+
+def test_drawing_the_curves_leaves_the_callers_plotting_backend_alone(tmp_path: Path) -> None:
+    """A notebook's inline backend must survive train(): no matplotlib.use, no pyplot."""
+    import matplotlib
+
+    from fieldseg.training_curves import plot_training_curves
+
+    backend = matplotlib.get_backend()
+    history = [{"epoch": 1, "train_loss": 1.0, "val_segm_mAP": 0.2},
+               {"epoch": 2, "train_loss": 0.5, "val_segm_mAP": 0.3}]  # fmt: skip
+    plot_training_curves(history, tmp_path / "curves.png")
+    assert matplotlib.get_backend() == backend
+    from PIL import Image
+
+    with Image.open(tmp_path / "curves.png") as curves:
+        assert curves.size == (1100, 400)
