@@ -100,6 +100,8 @@ def stack_bands(
         raise ConfigError(f"stack writes a GDAL VRT; name the output *.vrt, not {output.name}")
     if not files:
         raise ConfigError("stack needs at least one band file")
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]  # one path, not a sequence of its characters
     paths = [Path(f) for f in files]
 
     infos: list[RasterInfo] = []

@@ -208,6 +208,8 @@ def tile_scenes(
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}")
     if block_size is not None and block_size < stride:
         raise ConfigError(f"--block-size ({block_size}) must be at least the stride ({stride})")
+    if isinstance(scenes, (str, os.PathLike)):
+        scenes = [scenes]  # one path, not a sequence of its characters
     if not scenes:
         raise ConfigError("tile needs at least one scene")
     inputs = [*scenes, labels, *([label_extent] if label_extent else [])]

@@ -171,6 +171,8 @@ def _train(
     overwrite: bool,
 ) -> TrainSummary:
     """The run of :func:`train` in one process of a (possibly one-process) group."""
+    if isinstance(overrides, str):
+        overrides = [overrides]  # one override, not a sequence of its characters
     description = DatasetDescription.load(dataset_dir)
     spec = ModelSpec.from_description(description)
     resumed = _resume_state(run_dir) if resume else None

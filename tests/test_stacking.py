@@ -139,7 +139,7 @@ def test_a_described_multi_band_scene_stacks_with_its_band_names(tmp_path: Path)
     """Stacking one scene gives a VRT that predicts like the scene: the same band names."""
     scene = tmp_path / "scene.tif"
     _write(scene, np.ones((3, 8, 8), np.int16), band_names=["red_d1", "green_d1", "nir_d1"])
-    stack_bands([scene], tmp_path / "scene.vrt")
+    stack_bands(str(scene), tmp_path / "scene.vrt")  # one path given alone, not in a list
     _, meta = _read(tmp_path / "scene.vrt")
     assert meta["descriptions"] == ("red_d1", "green_d1", "nir_d1")
     # a band without its own description: the file's bands are numbered instead

@@ -700,6 +700,8 @@ def test_corrupt_raster(tmp_path: Path, basic_scene: SceneFixture) -> None:
     with pytest.raises(InputFileError, match=r"cannot read raster .*garbage\.tif"):
         tile_scenes([bad], basic_scene.labels, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(InputFileError, match=r"cannot read raster .*garbage\.tif"):
+        tile_scenes(str(bad), basic_scene.labels, tmp_path / "out")  # one path, not in a list
 
 
 def test_truncated_raster(tmp_path: Path, basic_scene: SceneFixture) -> None:
