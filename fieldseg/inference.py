@@ -39,7 +39,7 @@ from fieldseg.field_output import FieldWriter
 from fieldseg.field_polygons import FieldTracer
 from fieldseg.models.base import FieldModel
 from fieldseg.probability_rasters import ProbabilityRasterWriter, check_raster_outputs
-from fieldseg.progress import progress
+from fieldseg.progress import progress, progress_shown
 from fieldseg.raster_io import (
     RasterInfo,
     chip_valid_mask,
@@ -111,7 +111,7 @@ def predict_scene(
     device: str = "auto",
     overwrite: bool = False,
     debug_layers: bool = False,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
     seams: str = "auto",
     write_rasters: str | os.PathLike[str] | None = None,
 ) -> PredictSummary:
@@ -135,7 +135,8 @@ def predict_scene(
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: replace an existing output.
         debug_layers: add ``chips`` and ``seams`` layers (GeoPackage output).
-        show_progress: show a progress bar.
+        show_progress: progress bar on or off for this call; None: as set globally
+            (:func:`fieldseg.progress.set_progress_enabled`, on where stderr is a terminal).
         seams: how chips are joined: ``instances`` (each chip's instances made disjoint and
             stitched across seams), ``blend`` (models with per-pixel outputs only: overlapping
             chips' maps blended and fields extracted on the blend), or ``auto`` (``blend``
@@ -253,8 +254,8 @@ def predict_scene(
             pixel_m=math.sqrt(pixel_m2),
         )
         n_skipped = 0
-        bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip",
-                       show=show_progress)  # fmt: skip
+        with progress_shown(show_progress):  # read when the bar is made
+            bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip")
         km2_per_chip = (chip_size - overlap) ** 2 * pixel_m2 / 1e6
         with (
             bar,

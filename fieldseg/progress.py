@@ -8,10 +8,11 @@ the ``fieldseg`` logger instead, once a minute and not at all for work done with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -32,6 +33,24 @@ def set_progress_enabled(enabled: bool | None) -> None:
     """Force progress bars on (True), off (False), or leave it to the terminal (None)."""
     global _enabled
     _enabled = enabled
+
+
+@contextlib.contextmanager
+def progress_shown(show: bool | None) -> Iterator[None]:
+    """For the duration of one call: bars on (True), off (False), or as set globally (None).
+
+    The ``show_progress`` argument of the library functions; ``set_progress_enabled`` (the
+    CLI's ``--quiet``) stays the default for calls that leave it at None.
+    """
+    global _enabled
+    if show is None:
+        yield
+        return
+    before, _enabled = _enabled, show
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 class _LogLines:

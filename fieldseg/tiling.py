@@ -56,7 +56,7 @@ from fieldseg.dataset_description import (
 )
 from fieldseg.errors import ConfigError, FieldsegError, InputFileError
 from fieldseg.labels import SPLITS, FieldLabels, load_field_labels, to_crs_valid
-from fieldseg.progress import progress
+from fieldseg.progress import progress, progress_shown
 from fieldseg.raster_io import (
     RasterInfo,
     check_nodata_value,
@@ -169,6 +169,7 @@ def tile_scenes(
     compress: str = "zstd",
     workers: int | None = 1,
     overwrite: bool = False,
+    show_progress: bool | None = None,
 ) -> TileSummary:
     """Cut labelled scenes into chips with COCO annotations, splits and band statistics.
 
@@ -194,6 +195,8 @@ def tile_scenes(
             output is the same whatever the number. More than one starts worker processes,
             which re-import the calling script: guard it with ``if __name__ == "__main__":``.
         overwrite: replace an existing dataset.
+        show_progress: progress bars on or off for this call; None: as set globally
+            (:func:`fieldseg.progress.set_progress_enabled`, on where stderr is a terminal).
 
     Returns:
         A summary of chips, splits and label repairs.
@@ -235,9 +238,12 @@ def tile_scenes(
     first = prepared[0].info
     sliver_rule = SliverRule(min_pixels=min_piece_pixels, min_share=min_piece_share)
 
-    with atomic_directory(
-        output, overwrite=overwrite, marker=DESCRIPTION_FILE, inputs=inputs
-    ) as tmp:
+    with (
+        progress_shown(show_progress),
+        atomic_directory(
+            output, overwrite=overwrite, marker=DESCRIPTION_FILE, inputs=inputs
+        ) as tmp,
+    ):
         chips = _write_chips(
             prepared,
             tmp,

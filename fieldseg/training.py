@@ -47,7 +47,7 @@ from fieldseg.errors import (
 )
 from fieldseg.models import FieldModel, ModelSpec, build_model, model_config
 from fieldseg.models.input_layer import load_weights_file
-from fieldseg.progress import progress
+from fieldseg.progress import progress, progress_shown
 from fieldseg.run_config import RunConfig, load_resumed_config, load_run_config, save_run_config
 from fieldseg.training_curves import plot_training_curves
 
@@ -94,6 +94,7 @@ def train(
     pretrained: str = "none",
     weights: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    show_progress: bool | None = None,
 ) -> TrainSummary:
     """Train a model on a tiled dataset and write a run folder.
 
@@ -108,6 +109,8 @@ def train(
         pretrained: ``imagenet``, ``coco`` or ``none``.
         weights: a state dict to start from (e.g. a Sentinel-2 pretrained backbone).
         overwrite: start over in a ``run_dir`` that holds an earlier run.
+        show_progress: progress bars on or off for this call; None: as set globally
+            (:func:`fieldseg.progress.set_progress_enabled`, on where stderr is a terminal).
 
     Returns:
         What the run did and why it stopped.
@@ -122,9 +125,10 @@ def train(
         _check_resume_options(config_path, pretrained, weights)
     context = init_distributed(device)
     try:
-        return _train(context, dataset_dir, config_path, Path(run_dir), overrides=overrides,
-                      device=device, resume=resume, pretrained=pretrained, weights=weights,
-                      overwrite=overwrite)  # fmt: skip
+        with progress_shown(show_progress):
+            return _train(context, dataset_dir, config_path, Path(run_dir),
+                          overrides=overrides, device=device, resume=resume,
+                          pretrained=pretrained, weights=weights, overwrite=overwrite)  # fmt: skip
     finally:
         context.close()
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import fieldseg.progress as progress_module
-from fieldseg.progress import progress, set_progress_enabled
+from fieldseg.progress import progress, progress_shown, set_progress_enabled
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +57,23 @@ def test_quiet_or_hidden_progress_shows_nothing(
 ) -> None:
     set_progress_enabled(False if quiet else None)
     assert _logged(caplog, 5, show=show) == [] and capsys.readouterr().err == ""
+
+
+@pytest.mark.usefixtures("every_refresh")
+def test_one_call_may_hide_or_show_progress_whatever_the_global_setting(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A library call's ``show_progress``: for that call only, the global setting after."""
+    with progress_shown(False):
+        assert _logged(caplog, 5) == [] and capsys.readouterr().err == ""
+    assert _logged(caplog, 5)  # back to the global setting: log lines here
+    caplog.clear()
+    set_progress_enabled(False)
+    with progress_shown(True):
+        _logged(caplog, 5)
+        assert "5/5" in capsys.readouterr().err  # a bar, though bars are off globally
+    with progress_shown(None):
+        assert _logged(caplog, 5) == []  # None leaves the global setting
 
 
 @pytest.mark.usefixtures("every_refresh")
