@@ -119,8 +119,11 @@ def predict_scene(
 
     Args:
         scene: a GeoTIFF or VRT with the bands the model was trained on.
-        model: a :class:`FieldModel`, or a checkpoint file or run folder (its best.pt).
-        output: ``.gpkg`` (layer ``fields``), ``.parquet``, ``.fgb`` or ``.geojson``.
+        model: a :class:`FieldModel`, or a checkpoint file or run folder (its best.pt). A
+            model object is used as it is: it is left on ``device``, in eval mode, with
+            ``score_threshold`` set.
+        output: ``.gpkg`` (layer ``fields``; read it back with ``layer="fields"``, the file
+            also holds QGIS's ``layer_styles`` table), ``.parquet``, ``.fgb`` or ``.geojson``.
         chip_size: chip side in pixels; default the checkpoint's training chips.
         overlap: overlap of neighbouring chips; default a quarter of a chip.
         batch_size: chips per model call.
