@@ -192,7 +192,7 @@ def evaluate_files(
     _stage(on_stage, "reading")
     truth = _read_fields(truth_path, "truth")
     predicted = _read_fields(predicted_path, "predicted")
-    crs = truth.crs if _true_areas(truth) else truth.estimate_utm_crs()
+    crs = _metric_crs(truth)
     reprojected = [name for name, f in (("truth", truth), ("predicted", predicted)) if f.crs != crs]
     truth, predicted = _to_crs(truth, crs), _to_crs(predicted, crs)
     extent = read_area_of_interest(label_extent, crs) if label_extent is not None else None
@@ -414,6 +414,15 @@ def _in_metres(crs: CRS) -> bool:
     return bool(crs.is_projected) and all(
         axis.unit_name in ("metre", "meter") for axis in crs.axis_info[:2]
     )
+
+
+def _metric_crs(truth: gpd.GeoDataFrame) -> CRS:
+    """The truth's CRS where it measures true metres, else the UTM zone of its centre."""
+    if not np.isfinite(truth.total_bounds).all():  # no geometry at all: refused later
+        if _in_metres(truth.crs):
+            return truth.crs
+        raise InputFileError("the truth holds no field polygon with an area; nothing to evaluate")
+    return truth.crs if _true_areas(truth) else truth.estimate_utm_crs()
 
 
 def _true_areas(frame: gpd.GeoDataFrame) -> bool:

@@ -218,6 +218,10 @@ def test_truth_files_without_field_polygons_are_refused(tmp_path: Path) -> None:
         evaluate_files(predicted_path, empty, settings=FAST)
     with pytest.raises(InputFileError, match="no field polygon with an area"):
         evaluate_files(predicted_path, points, settings=FAST)
+    for crs in ("EPSG:32633", "EPSG:4326"):  # only empty polygons: no centre for a UTM zone
+        hollow = tmp_path / f"hollow_{crs[5:]}.gpkg"
+        frame([shapely.Polygon()], crs=crs).to_file(hollow)
+        assert_user_error(run("evaluate", predicted_path, hollow), "no field polygon")
     assert_user_error(run("evaluate", predicted_path, empty), "holds no features")
     assert_user_error(run("evaluate", predicted_path, points), "no field polygon")
     # empty predictions are allowed: a model may find nothing
