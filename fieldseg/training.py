@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,12 +83,18 @@ class TrainSummary:
     is_main: bool = True
 
 
+#: A run config: a YAML file, or its sections as a mapping (``{"model": {...}, ...}``).
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
+#: Config overrides: ``"section.key=value"`` strings, or a mapping ``{"section.key": value}``.
+Overrides = Sequence[str] | Mapping[str, Any]
+
+
 def train(
     dataset_dir: str | os.PathLike[str],
-    config_path: str | os.PathLike[str] | None,
+    config_path: ConfigSource | None,
     run_dir: str | os.PathLike[str],
     *,
-    overrides: Sequence[str] = (),
+    overrides: Overrides = (),
     device: str = "auto",
     resume: bool = False,
     pretrained: str = "none",
@@ -100,10 +106,12 @@ def train(
 
     Args:
         dataset_dir: a folder written by ``fieldseg tile``.
-        config_path: the YAML run config; none with ``resume`` (the run's own is used).
+        config_path: the YAML run config, or its sections as a mapping; none with
+            ``resume`` (the run's own is used).
         run_dir: the run folder: ``config.yaml``, ``last.pt``, ``best.pt``, ``metrics.*``.
-        overrides: ``section.key=value`` config overrides (``training.epochs=3``); with
-            ``resume`` only those of :data:`fieldseg.run_config.RESUMABLE_KEYS`.
+        overrides: config overrides, ``section.key=value`` strings (``training.epochs=3``)
+            or a mapping (``{"training.epochs": 3}``); with ``resume`` only those of
+            :data:`fieldseg.run_config.RESUMABLE_KEYS`.
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: continue the run in ``run_dir`` from its ``last.pt``.
         pretrained: ``imagenet``, ``coco`` or ``none``.
@@ -164,10 +172,10 @@ def train_loader(
 def _train(
     ctx: DistContext,
     dataset_dir: str | os.PathLike[str],
-    config_path: str | os.PathLike[str] | None,
+    config_path: ConfigSource | None,
     run_dir: Path,
     *,
-    overrides: Sequence[str],
+    overrides: Overrides,
     device: str,
     resume: bool,
     pretrained: str,
@@ -175,16 +183,19 @@ def _train(
     overwrite: bool,
 ) -> TrainSummary:
     """The run of :func:`train` in one process of a (possibly one-process) group."""
-    if isinstance(overrides, str):
-        overrides = [overrides]  # one override, not a sequence of its characters
+    settings = _override_strings(overrides)
     description = DatasetDescription.load(dataset_dir)
     spec = ModelSpec.from_description(description)
     resumed = _resume_state(run_dir) if resume else None
     if resumed is not None:
-        config = load_resumed_config(resumed.config, list(overrides))
+        config = load_resumed_config(resumed.config, settings)
         _check_same_bands(resumed.spec, spec)
     else:
-        config = load_run_config(config_path, list(overrides))
+        config = (
+            load_run_config(None, settings, base=dict(config_path))
+            if isinstance(config_path, Mapping)
+            else load_run_config(config_path, settings)
+        )
         _check_run_dir(run_dir, overwrite=overwrite)
     if config.bands is not None and list(config.bands) != list(spec.bands):
         raise ConfigError(
@@ -457,8 +468,18 @@ def _resume_state(run_dir: Path) -> Any:
     return checkpoint
 
 
+def _override_strings(overrides: Overrides) -> list[str]:
+    """``section.key=value`` strings from any accepted form of ``overrides``."""
+    if isinstance(overrides, str):
+        return [overrides]  # one override, not a sequence of its characters
+    if isinstance(overrides, Mapping):
+        # values as JSON, which the overrides read as YAML: 3, 1e-3, true, "adam", [3, 5]
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return list(overrides)
+
+
 def _check_resume_options(
-    config_path: str | os.PathLike[str] | None,
+    config_path: ConfigSource | None,
     pretrained: str,
     weights: str | os.PathLike[str] | None,
 ) -> None:

@@ -92,6 +92,30 @@ def test_resume_continues_the_epoch_count(tiny_dataset: Path, tmp_path: Path) ->
     assert load_checkpoint(run_dir / "last.pt").epoch == 2
 
 
+def test_overrides_may_be_a_mapping_or_one_string() -> None:
+    from fieldseg.training import _override_strings
+
+    mapping = {"training.epochs": 3, "optimizer.name": "sgd", "x.y": [1, 2], "a.b": True,
+               "c.d": None}  # fmt: skip
+    expected = ["training.epochs=3", 'optimizer.name="sgd"', "x.y=[1, 2]", "a.b=true", "c.d=null"]
+    assert _override_strings(mapping) == expected
+    assert _override_strings("training.epochs=3") == ["training.epochs=3"]
+    assert _override_strings(("a.b=1", "c.d=2")) == ["a.b=1", "c.d=2"]
+
+
+@pytest.mark.slow
+def test_a_config_mapping_trains_like_its_file(tiny_dataset: Path, tmp_path: Path) -> None:
+    """From a script or notebook: the config's sections as a dict, overrides as a dict."""
+    config = yaml.safe_load((CONFIG.parent / "yolact_r18_cpu.yaml").read_text())
+    summary = train(tiny_dataset, config, tmp_path / "run",
+                    overrides={"training.epochs": 1, "training.batch_size": 4})  # fmt: skip
+    assert summary.epochs_done == 1
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["model"]["family"] == "yolact" and resolved["training"]["batch_size"] == 4
+    with pytest.raises(ConfigError, match="-c cannot be used with --resume"):
+        train(tiny_dataset, config, tmp_path / "run", resume=True)
+
+
 def test_undefined_metrics_are_null_in_the_json_lines(tmp_path: Path) -> None:
     from fieldseg.training import _log_metrics
 
