@@ -58,7 +58,8 @@ def check_output_path(
         if any(path.iterdir()):
             if not overwrite:
                 raise OutputExistsError(
-                    f"output directory {path} is not empty; pass --overwrite to replace it"
+                    f"output directory {path} is not empty; pass --overwrite "
+                    "(overwrite=True in Python) to replace it"
                 )
             if marker is not None and not (path / marker).is_file():
                 raise OutputExistsError(
@@ -66,7 +67,9 @@ def check_output_path(
                     "written by fieldseg, so it is not replaced even with --overwrite"
                 )
     elif path.exists() and not overwrite:
-        raise OutputExistsError(f"output {path} exists; pass --overwrite to replace it")
+        raise OutputExistsError(
+            f"output {path} exists; pass --overwrite (overwrite=True in Python) to replace it"
+        )
     return path
 
 
