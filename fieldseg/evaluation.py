@@ -154,10 +154,22 @@ class FieldEvaluation:
         return format_table(self.report)
 
     def write_json(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the report atomically as indented JSON."""
+        """Write the report atomically as indented JSON (``--output``)."""
         with atomic_file(path, overwrite=overwrite) as tmp:
             tmp.write_text(json.dumps(self.report, indent=2, allow_nan=False) + "\n")
         return Path(path)
+
+    def write_errors(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the styled ``truth`` and ``predicted`` error layers, a ``.gpkg`` (``--errors``)."""
+        from fieldseg.evaluation_report import write_error_layers
+
+        return write_error_layers(self, path, overwrite=overwrite)
+
+    def plot(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Draw the PNG map of matched, missed, false, split and merged fields (``--plot``)."""
+        from fieldseg.evaluation_report import plot_errors
+
+        return plot_errors(self, path, overwrite=overwrite)
 
 
 def evaluate_files(

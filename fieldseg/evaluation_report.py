@@ -132,6 +132,10 @@ def plot_errors(
     evaluation: FieldEvaluation, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
     """Draw a PNG map: truth fields filled by status, false and merging predictions outlined."""
+    if Path(path).suffix.lower() != ".png":
+        from fieldseg.errors import ConfigError
+
+        raise ConfigError(f"--plot writes a PNG; name it *.png, not {Path(path).name}")
     # a bare Figure draws off screen without pyplot, so a notebook's backend is left alone
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D

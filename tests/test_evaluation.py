@@ -351,7 +351,7 @@ def test_error_layers_are_styled_geopackage_layers(tmp_path: Path) -> None:
     truth = frame([square(0, 0), square(100, 0), square(400, 0)])
     predicted = frame([square(0, 0, 200, 100), square(900, 0)], score=np.array([0.9, 0.8]))
     evaluation = evaluate_fields(predicted, truth, settings=FAST)
-    path = write_error_layers(evaluation, tmp_path / "errors.gpkg")
+    path = evaluation.write_errors(tmp_path / "errors.gpkg")  # write_error_layers, as a method
     layers = gpd.list_layers(path)
     assert sorted(layers["name"]) == ["layer_styles", "predicted", "truth"]
     back = gpd.read_file(path, layer="truth")
@@ -362,6 +362,12 @@ def test_error_layers_are_styled_geopackage_layers(tmp_path: Path) -> None:
         qml = con.execute("SELECT styleQML FROM layer_styles").fetchone()[0]
     assert styled == {"truth", "predicted"}
     assert 'type="categorizedSymbol"' in qml and 'attr="error"' in qml
+    with pytest.raises(ConfigError, match=r"name it \*\.gpkg"):
+        write_error_layers(evaluation, tmp_path / "errors.shp")
+    with pytest.raises(ConfigError, match=r"name it \*\.png"):
+        evaluation.plot(tmp_path / "map.jpg")
+    with Image.open(evaluation.plot(tmp_path / "map.png")) as image:
+        assert image.format == "PNG"
 
 
 def _write_pair(tmp_path: Path) -> tuple[Path, Path]:

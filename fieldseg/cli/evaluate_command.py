@@ -85,7 +85,6 @@ def evaluate(
     from fieldseg.atomic_output import check_output_file
     from fieldseg.errors import ConfigError
     from fieldseg.evaluation import EvaluationSettings, evaluate_files
-    from fieldseg.evaluation_report import plot_errors, write_error_layers
 
     outputs = [p for p in (report_path, plot_path, errors_path) if p is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
@@ -119,8 +118,8 @@ def evaluate(
         evaluation.write_json(report_path, overwrite=overwrite)
         click.echo(f"report: {report_path}")
     if errors_path is not None:
-        write_error_layers(evaluation, errors_path, overwrite=overwrite)
+        evaluation.write_errors(errors_path, overwrite=overwrite)
         click.echo(f"error layers: {errors_path} (layers truth, predicted)")
     if plot_path is not None:
-        plot_errors(evaluation, plot_path, overwrite=overwrite)
+        evaluation.plot(plot_path, overwrite=overwrite)
         click.echo(f"map: {plot_path}")
