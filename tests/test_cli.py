@@ -349,44 +349,30 @@ def test_tile_cli_refuses_an_output_that_holds_its_inputs(
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
-def test_tile_cli_ctrl_c_leaves_nothing(
+@pytest.mark.parametrize(
+    ("stop", "exit_code", "message"),
+    [("ctrl-c", 130, "Interrupted; no half-written file was left behind"),
+     ("sigterm", 128 + signal.SIGTERM, "Terminated; no half-written file was left behind")],
+)  # fmt: skip
+def test_tile_cli_stopped_midway_leaves_nothing(
     tmp_path: Path,
     basic_scene: SceneFixture,
     monkeypatch: pytest.MonkeyPatch,
     listing: Callable[[Path], list[str]],
+    stop: str,
+    exit_code: int,
+    message: str,
 ) -> None:
+    """Ctrl-C, or ``kill`` (a scheduler's time limit), at the fourth chip: the temporary
+    folder goes too."""
     real = fieldseg.chip_writer.write_geotiff
+    before = signal.getsignal(signal.SIGTERM)
     written: list[int] = []
 
-    def interrupted(*args: object, **kwargs: object) -> None:
+    def stopped(*args: object, **kwargs: object) -> None:
         if len(written) == 3:
-            raise KeyboardInterrupt
-        written.append(1)
-        real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fieldseg.chip_writer, "write_geotiff", interrupted)
-    parent = tmp_path / "p"
-    parent.mkdir()
-    result = run("tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", parent / "o")
-    assert result.exit_code == 130
-    assert "Interrupted; no half-written file was left behind" in stderr_of(result)
-    assert "--resume" not in stderr_of(result)  # that is for train
-    assert "Traceback" not in stderr_of(result)
-    assert listing(parent) == []
-
-
-def test_tile_cli_sigterm_unwinds_and_leaves_nothing(
-    tmp_path: Path,
-    basic_scene: SceneFixture,
-    monkeypatch: pytest.MonkeyPatch,
-    listing: Callable[[Path], list[str]],
-) -> None:
-    """``kill`` (or a scheduler's time limit) mid-run: the temporary folder goes too."""
-    real = fieldseg.chip_writer.write_geotiff
-    written: list[int] = []
-
-    def terminated(*args: object, **kwargs: object) -> None:
-        if len(written) == 3:
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt
             # without fieldseg's handler the signal would end pytest itself: fail instead
             handler = signal.getsignal(signal.SIGTERM)
             assert callable(handler) and handler is not before, "no SIGTERM handler is set"
@@ -394,13 +380,13 @@ def test_tile_cli_sigterm_unwinds_and_leaves_nothing(
         written.append(1)
         real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fieldseg.chip_writer, "write_geotiff", terminated)
-    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(fieldseg.chip_writer, "write_geotiff", stopped)
     parent = tmp_path / "p"
     parent.mkdir()
     result = run("tile", basic_scene.scene, "--labels", basic_scene.labels, "-o", parent / "o")
-    assert result.exit_code == 128 + signal.SIGTERM
-    assert "Terminated; no half-written file was left behind" in stderr_of(result)
+    assert result.exit_code == exit_code
+    assert message in stderr_of(result)
+    assert "--resume" not in stderr_of(result)  # that is for train
     assert "Traceback" not in stderr_of(result)
     assert len(written) == 3 and listing(parent) == []  # stopped at the fourth chip
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's alone
