@@ -54,7 +54,7 @@ from shapely.geometry.base import BaseGeometry
 
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, InputFileError
-from fieldseg.labels import check_coordinates_fit_crs, polygonal_part, repaired_polygons
+from fieldseg.labels import check_coordinates_fit_crs, repaired_polygons, resolve_overlaps
 from fieldseg.object_matching import IOU_THRESHOLDS, ObjectMatches, ObjectOverlaps, object_overlaps
 from fieldseg.raster_metrics import (
     SIZE_BINS_HA,
@@ -489,35 +489,15 @@ def _without_overlaps(truth: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, int, i
     of 0.5 does not notice them. Returns the truth, the overlapping pairs and the fields left
     out.
     """
-    geometries = truth.geometry.to_numpy().copy()
-    if len(geometries) < 2:
+    if len(truth) < 2:
         return truth, 0, 0
-    left, right = shapely.STRtree(geometries).query(geometries)  # boxes that meet
-    left, right = left[left < right], right[left < right]
-    areas = shapely.area(geometries)
-    smaller = np.minimum(areas[left], areas[right])
-    # an overlap is no larger than the boxes' overlap: most neighbours are ruled out here
-    b = shapely.bounds(geometries)
-    box_w = np.minimum(b[left, 2], b[right, 2]) - np.maximum(b[left, 0], b[right, 0])
-    box_h = np.minimum(b[left, 3], b[right, 3]) - np.maximum(b[left, 1], b[right, 1])
-    near = np.clip(box_w, 0, None) * np.clip(box_h, 0, None) > TRUTH_OVERLAP_SHARE * smaller
-    left, right, smaller = left[near], right[near], smaller[near]
-    overlap = shapely.area(shapely.intersection(geometries[left], geometries[right]))
-    real = overlap > TRUTH_OVERLAP_SHARE * smaller
-    if not real.any():
-        return truth, 0, 0
-    cut_from: dict[int, list[int]] = {}
-    for i, j in zip(left[real], right[real], strict=True):
-        # the larger loses; equal areas: the later row, as in tile
-        larger, small = (i, j) if (areas[i], i) > (areas[j], j) else (j, i)
-        cut_from.setdefault(int(larger), []).append(int(small))
-    for larger, small in cut_from.items():
-        rest = shapely.difference(geometries[larger], shapely.union_all(geometries[small]))
-        geometries[larger] = polygonal_part(rest) or shapely.Polygon()
-    kept = shapely.area(geometries) >= 0.5 * areas
     resolved = truth.copy()
-    resolved.geometry = gpd.GeoSeries(geometries, index=truth.index, crs=truth.crs)
-    n_pairs, n_left_out = int(real.sum()), int((~kept).sum())
+    n_pairs = resolve_overlaps(resolved, min_overlap_share=TRUTH_OVERLAP_SHARE)
+    if not n_pairs:
+        return truth, 0, 0
+    area_before, area_after = (shapely.area(f.geometry.to_numpy()) for f in (truth, resolved))
+    kept = area_after >= 0.5 * area_before
+    n_left_out = int((~kept).sum())
     logger.warning(
         "the truth holds %d overlapping pairs of fields: each overlap was given to the smaller "
         "field, as `tile` does; %d field(s) left with less than half their area were left out",
