@@ -623,3 +623,24 @@ def offline_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+
+
+def rectangle_tiling(
+    rng: np.random.Generator, shape: tuple[int, int] = (256, 256), low: int = 3, high: int = 20
+) -> np.ndarray:
+    """A dense random partition into rectangles with sides in [low, high] px (no gaps)."""
+    truth = np.zeros(shape, dtype=np.int32)
+    stack = [(0, 0, *shape)]
+    n = 0
+    while stack:
+        r, c, h, w = stack.pop()
+        if h > high and (h >= w or w <= high):
+            cut = int(rng.integers(low, h - low + 1))
+            stack += [(r, c, cut, w), (r + cut, c, h - cut, w)]
+        elif w > high:
+            cut = int(rng.integers(low, w - low + 1))
+            stack += [(r, c, h, cut), (r, c + cut, h, w - cut)]
+        else:
+            n += 1
+            truth[r : r + h, c : c + w] = n
+    return truth

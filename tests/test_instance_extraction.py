@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import shapely
+from conftest import rectangle_tiling
 from rasterio import features
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
@@ -88,27 +89,6 @@ def _independent_maps(
         ).astype(np.float32)
         for m in _ideal_maps(truth)
     )
-
-
-def _tiling(
-    rng: np.random.Generator, shape: tuple[int, int] = (256, 256), low: int = 3, high: int = 20
-) -> np.ndarray:
-    """A dense random partition into rectangles with sides in [low, high] px (no gaps)."""
-    truth = np.zeros(shape, dtype=np.int32)
-    stack = [(0, 0, *shape)]
-    n = 0
-    while stack:
-        r, c, h, w = stack.pop()
-        if h > high and (h >= w or w <= high):
-            cut = int(rng.integers(low, h - low + 1))
-            stack += [(r, c, cut, w), (r + cut, c, h - cut, w)]
-        elif w > high:
-            cut = int(rng.integers(low, w - low + 1))
-            stack += [(r, c, h, cut), (r, c + cut, h, w - cut)]
-        else:
-            n += 1
-            truth[r : r + h, c : c + w] = n
-    return truth
 
 
 def _grid(sides: list[int], reps: int = 3) -> np.ndarray:
@@ -372,7 +352,7 @@ def test_scores_lie_in_unit_interval_and_a_straddling_blob_scores_lower() -> Non
     assert ((found.scores >= 0) & (found.scores <= 1)).all()
     # noisy maps: still in [0, 1]
     rng = np.random.default_rng(3)
-    tiles = _tiling(rng, (64, 64))
+    tiles = rectangle_tiling(rng, (64, 64))
     noisy = extract_fields(*_noisy_maps(tiles, rng, sigma=1.0, amplitude=0.4))
     assert noisy.scores.dtype == np.float32
     assert ((noisy.scores >= 0) & (noisy.scores <= 1)).all()
@@ -382,7 +362,7 @@ def test_flood_equals_plain_watershed() -> None:
     """Exactly equal where no two pixels tie in elevation (skimage breaks ties among its
     markers by heap layout, so tied maps may differ in tied pixels)."""
     rng = np.random.default_rng(11)
-    truth = _tiling(rng, (96, 96))
+    truth = rectangle_tiling(rng, (96, 96))
     extent, boundary = _noisy_maps(truth, rng, sigma=1.0, amplitude=0.3)
     elevation = boundary + rng.permutation(boundary.size).reshape(boundary.shape) * 1e-12
     share = np.clip(extent - boundary, 0, None) / np.maximum(extent, 1e-6)
@@ -422,7 +402,7 @@ def test_dense_noisy_oracle(maps: Callable[..., tuple], sigma: float, low: int) 
     chips = []
     for seed in (101, 102, 103):
         rng = np.random.default_rng(seed)
-        truth = _tiling(rng, low=low)
+        truth = rectangle_tiling(rng, low=low)
         chips.append((*maps(truth, rng, sigma), None, truth))
     params, val_f1 = tune_params(chips[:1])
     assert val_f1 >= 0.95
@@ -435,7 +415,7 @@ def test_dense_noisy_oracle(maps: Callable[..., tuple], sigma: float, low: int) 
 
 def test_dense_noisy_oracle_with_default_params() -> None:
     rng = np.random.default_rng(7)
-    truth = _tiling(rng, low=4)
+    truth = rectangle_tiling(rng, low=4)
     extent, boundary = _noisy_maps(truth, rng, sigma=1.0)
     match = label_f1(extract_fields(extent, boundary).labels, truth)
     assert match.f1 >= 0.95, match.metrics()
@@ -450,7 +430,7 @@ def test_dense_noisy_oracle_with_default_params() -> None:
 def test_label_f1_agrees_with_object_matching(iou_threshold: float) -> None:
     """Polygons traced from the labels through match_objects give the same counts."""
     rng = np.random.default_rng(5)
-    truth = _tiling(rng, (96, 96))
+    truth = rectangle_tiling(rng, (96, 96))
     extent, boundary = _noisy_maps(truth, rng, sigma=1.0, amplitude=0.25)
     # loose params, so that there are misses, splits and merges to agree on
     predicted = extract_fields(
@@ -499,7 +479,7 @@ def test_label_f1_hand_made_cases() -> None:
 
 def test_label_f1_ignore_and_minus_one_leave_pixels_out() -> None:
     rng = np.random.default_rng(9)
-    truth = _tiling(rng, (64, 64))
+    truth = rectangle_tiling(rng, (64, 64))
     predicted = extract_fields(*_noisy_maps(truth, rng, sigma=1.0, amplitude=0.3)).labels
     ignore = np.zeros(truth.shape, dtype=bool)
     ignore[10:40, 5:30] = True
