@@ -68,7 +68,7 @@ SCALE_RATIO = 50.0
 
 @dataclass
 class PredictSummary:
-    """What a prediction did."""
+    """What a prediction did: counts, timings by stage (``seconds``) and the settings used."""
 
     output: Path
     n_fields: int
@@ -149,6 +149,12 @@ def predict_scene(
             chip saw a valid pixel, on the predicted area's grid
             (:mod:`fieldseg.probability_rasters`). Only where chips are blended; other files
             in the folder are left alone, the two maps are replaced only with ``overwrite``.
+
+    Returns:
+        A :class:`PredictSummary`: the output, how many fields, chips (and chips skipped as
+        all nodata) and km2, the seconds per stage, the rasters written, and the settings
+        used with their defaults resolved (chip size, overlap, seam mode, score threshold,
+        model tag).
 
     Raises:
         FieldsegError: bad input (the message says which and why).

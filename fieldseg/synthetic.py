@@ -428,8 +428,25 @@ def synth(
 ) -> SceneDifficulty:
     """Generate a scene and write it and its truth; the library side of ``fieldseg synth``.
 
+    Args:
+        raster_path: the scene, a tiled and compressed GeoTIFF (``.tif``).
+        fields_path: its truth polygons, any format of :mod:`fieldseg.vector_io` (layer
+            ``fields``).
+        size: side of the square scene in pixels (10 m each); at least 64.
+        seed: random seed; the same seed gives the same scene and fields.
+        bands: bands per date (red, green, blue, nir, swir1, swir2, ...: a prefix).
+        dates: acquisition dates, spread over the growing season.
+        clouds: add soft clouds with shadows that differ per date.
+        nodata_border: set an irregular strip along one edge to nodata, like a swath edge.
+        overwrite: replace existing outputs.
+
     Returns:
-        The figures that make the scene hard.
+        The figures that make the scene hard (:class:`SceneDifficulty`).
+
+    Raises:
+        OutputExistsError: an output exists and ``overwrite`` is false (checked before any
+            work is done).
+        ConfigError: an argument is out of range, or the scene would not fit in memory.
     """
     _check_outputs(raster_path, fields_path, overwrite=overwrite)  # before spending time
     scene = synthesize_scene(
