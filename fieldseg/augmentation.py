@@ -24,7 +24,7 @@ _DATE_TOKEN = re.compile(r"^(?:d|t|date)\d+$|^\d{6,8}$|^\d{4}-\d{2}-\d{2}$", re.
 class AugmentationConfig(BaseModel):
     """Augmentation settings of a training config (all off with ``enabled: false``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a left-right flip")

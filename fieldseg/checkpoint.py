@@ -171,7 +171,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint file or a run folder's best one, safely (``weights_only=True``).
 
     Raises:
-        InputFileError: missing, unreadable, not a fieldseg checkpoint, or from a newer fieldseg.
+        InputFileError: missing, unreadable, not a fieldseg checkpoint, from a newer fieldseg,
+            or holding weights that are not finite (a diverged run: it would find nothing).
     """
     file = resolve_checkpoint_path(path)
     data = read_torch_file(file, "a fieldseg checkpoint")
@@ -179,4 +180,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise InputFileError(f"{file} is not a fieldseg checkpoint")
     if data.get("format_version", 0) > CHECKPOINT_VERSION:
         raise InputFileError(f"{file} was written by a newer fieldseg; upgrade fieldseg")
+    broken = [
+        name
+        for name, value in data.get("state_dict", {}).items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if broken:
+        raise InputFileError(
+            f"{file} holds NaN or infinite weights ({len(broken)} tensors, e.g. {broken[0]}): "
+            "its training diverged; train again with a lower rate (--set optimizer.lr=...)"
+        )
     return Checkpoint(data, path=file)

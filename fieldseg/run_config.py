@@ -36,7 +36,7 @@ RESUMABLE_KEYS = (
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OptimizerConfig(_Strict):

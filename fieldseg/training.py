@@ -293,6 +293,8 @@ def _train(
         losses, out_of_time = _train_epoch(
             trainable, loader, optimizer, scaler, chosen, config, epoch, deadline, amp, ctx
         )
+        if ctx.any(not _weights_finite(trainable)):  # the last step can diverge unseen
+            raise _diverged(f"the weights became NaN or infinite in epoch {epoch}", epoch)
         lr = optimizer.param_groups[0]["lr"]  # this epoch's scheduled rate (before warm-up)
         scheduler.step()
         if not ctx.is_main:  # the main process validates, logs and writes; the others follow
@@ -353,6 +355,31 @@ def _train(
     )
 
 
+def _weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point weight and buffer of ``model`` is finite."""
+    return all(
+        bool(torch.isfinite(value).all())
+        for value in model.state_dict().values()
+        if value.is_floating_point()
+    )
+
+
+def _diverged(what: str, epoch: int) -> TrainingError:
+    """The error of a run whose loss or weights stopped being finite.
+
+    No checkpoint of the failing epoch is written, so the last one saved is the last good one.
+    """
+    if epoch == 1:  # no epoch finished, so no checkpoint to start from
+        return TrainingError(
+            f"{what}; training stopped before any epoch finished, so there is no checkpoint: "
+            "run again with a lower rate (--set optimizer.lr=...; the same -o folder is reused)"
+        )
+    return TrainingError(
+        f"{what}; training stopped and {LAST} keeps the last good epoch: start a new run from "
+        f"it with a lower rate (-o NEW --weights RUN/{LAST} --set optimizer.lr=...)"
+    )
+
+
 def _train_epoch(
     model: FieldModel,
     loader: DataLoader,
@@ -379,18 +406,8 @@ def _train_epoch(
             losses = model(images_on, targets_on)
         total = sum(losses.values())
         if ctx.any(not bool(torch.isfinite(total))):
-            stopped = f"the loss became {total.item()} at epoch {epoch}, step {steps + 1}"
-            if epoch == 1:  # no epoch finished, so no checkpoint to start from
-                raise TrainingError(
-                    f"{stopped}; training stopped before any epoch finished, so there is no "
-                    "checkpoint: run again with a lower rate (--set optimizer.lr=...; the same "
-                    "-o folder is reused)"
-                )
-            raise TrainingError(
-                f"{stopped}; training stopped and {LAST} keeps the last good epoch: start a new "
-                f"run from it with a lower rate (-o NEW --weights RUN/{LAST} --set "
-                "optimizer.lr=...)"
-            )
+            raise _diverged(f"the loss became {total.item()} at epoch {epoch}, step {steps + 1}",
+                            epoch)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         if config.training.grad_clip_norm is not None:

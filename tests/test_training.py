@@ -153,6 +153,36 @@ def test_a_nan_loss_in_the_first_epoch_says_there_is_no_checkpoint(
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_weights_that_diverge_unseen_are_never_saved(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A last step can leave NaN weights behind a finite loss; that epoch is not saved (a NaN
+    model would otherwise validate to nothing and be kept as best.pt)."""
+    run_dir = tmp_path / "run"
+    train(tiny_dataset, CONFIG, run_dir, overrides=[*FAST, "training.epochs=1"])
+
+    def poisoning(self: MaskRCNNFieldModel, images: object, targets: object) -> dict:
+        with torch.no_grad():
+            next(self.parameters()).fill_(float("nan"))
+        return {"loss_mask": torch.tensor(1.0, requires_grad=True)}
+
+    monkeypatch.setattr(MaskRCNNFieldModel, "training_step", poisoning)
+    with pytest.raises(TrainingError, match=r"weights became NaN or infinite in epoch 2.*last\.pt"):
+        train(tiny_dataset, None, run_dir, resume=True, overrides=["training.epochs=2"])
+    kept = load_checkpoint(run_dir / "last.pt")  # loads: its weights are finite
+    assert kept.epoch == 1
+    # a checkpoint that does hold NaN weights (an older fieldseg's diverged run) is refused
+    data = torch.load(run_dir / "best.pt", weights_only=True)
+    name = next(iter(data["state_dict"]))
+    data["state_dict"][name] = torch.full_like(data["state_dict"][name], float("nan"))
+    torch.save(data, tmp_path / "nan.pt")
+    with pytest.raises(
+        InputFileError,
+        match=rf"nan\.pt holds NaN or infinite weights \(1 tensors, e\.g\. {name}\): its train",
+    ):
+        load_checkpoint(tmp_path / "nan.pt")
+
+
 def test_bad_runs_are_clear_errors(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="not a fieldseg dataset"):
         train(tmp_path, CONFIG, tmp_path / "run")

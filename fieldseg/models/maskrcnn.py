@@ -47,7 +47,7 @@ Pretrained = Literal["imagenet", "coco", "none"]
 class MaskRCNNConfig(BaseModel):
     """The ``model:`` section of a Mask R-CNN run config; an unknown key is an error."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     family: Literal["maskrcnn"] = "maskrcnn"
     backbone: Literal["resnet18", "resnet34", "resnet50", "mobilenet_v3_large"] = "resnet50"

@@ -73,7 +73,7 @@ CALIBRATION_GRIDS = (
 class UNetBoundaryConfig(BaseModel):
     """The ``model:`` section of a boundary-aware U-Net run config."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     family: Literal["unet_boundary"] = "unet_boundary"
     encoder: str = Field("resnet34", description="segmentation-models-pytorch encoder name")

@@ -63,7 +63,7 @@ _STAGE_CHANNELS = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101":
 class YolactConfig(BaseModel):
     """The ``model:`` section of a YOLACT / YOLACT++ run config; an unknown key is an error."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     family: Literal["yolact"] = "yolact"
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
