@@ -161,9 +161,12 @@ def predict_scene(
     """
     started = time.perf_counter()
     check_vector_format(output)
-    check_output_path(output, overwrite=overwrite, inputs=[scene])
+    inputs = [scene, *([extent] if extent is not None else [])]
+    if isinstance(model, (str, os.PathLike)):
+        inputs.append(model)
+    check_output_path(output, overwrite=overwrite, inputs=inputs)
     if write_rasters is not None:
-        check_raster_outputs(write_rasters, overwrite=overwrite, inputs=(scene,))
+        check_raster_outputs(write_rasters, overwrite=overwrite, inputs=inputs)
     if extent is not None and bbox is not None:
         raise ConfigError("give --extent or --bbox, not both")
     if batch_size < 1:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio import features
 
+from fieldseg.atomic_output import OutputPathError
 from fieldseg.chip_grid import chip_starts
 from fieldseg.chip_resolution import resolve_chip
 from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
@@ -165,6 +166,11 @@ def test_bbox_extent_and_debug_layers(scene: OracleScene, tmp_path: Path) -> Non
     inside = _predict(scene, tmp_path / "aoi_fields.gpkg", extent=tmp_path / "aoi.gpkg")
     assert len(inside) > 10
     assert inside.geometry.within(aoi.buffer(7.1)).all()  # pixel centres inside the AOI
+    # the AOI is an input: even --overwrite never writes the fields over it
+    aoi_bytes = (tmp_path / "aoi.gpkg").read_bytes()
+    with pytest.raises(OutputPathError, match=r"aoi\.gpkg would replace the input"):
+        _predict(scene, tmp_path / "aoi.gpkg", extent=tmp_path / "aoi.gpkg", overwrite=True)
+    assert (tmp_path / "aoi.gpkg").read_bytes() == aoi_bytes
 
 
 def test_a_bbox_takes_every_pixel_whose_centre_may_lie_inside(scene: OracleScene) -> None:
