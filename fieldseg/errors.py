@@ -29,6 +29,13 @@ class ConfigError(FieldsegError):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of a library's exception message, for a one-line user error."""
+    """The first line of a library's exception message, for a one-line user error.
+
+    rasterio's read errors say only "See previous exception for details": the reason (GDAL's
+    own message, e.g. ``TIFFReadEncodedTile() failed``) is then taken from their cause.
+    """
     text = str(exc).strip()
+    cause = exc.__cause__ or exc.__context__
+    if "see previous exception" in text.lower() and cause is not None:
+        return first_line(cause)
     return text.splitlines()[0] if text else type(exc).__name__

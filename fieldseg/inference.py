@@ -34,7 +34,7 @@ from fieldseg.chip_grid import check_chip_geometry, chip_starts
 from fieldseg.chip_resolution import empty_chip, resolve_chip
 from fieldseg.dense_stitching import DenseBlender
 from fieldseg.devices import select_device
-from fieldseg.errors import ConfigError, InputFileError
+from fieldseg.errors import ConfigError, InputFileError, first_line
 from fieldseg.field_output import FieldWriter
 from fieldseg.field_polygons import FieldTracer
 from fieldseg.models.base import FieldModel
@@ -491,7 +491,7 @@ def _warn_if_statistics_differ(
     try:
         sample = src.read(window=window, out_shape=shape)
     except rasterio.errors.RasterioIOError as exc:
-        raise InputFileError(f"cannot read {info.path}: {exc}") from exc
+        raise InputFileError(f"cannot read {info.path}: {first_line(exc)}") from exc
     missing = nodata_mask(sample, info.nodata)
     low = model.normaliser.low.flatten().tolist()
     high = model.normaliser.high.flatten().tolist()

@@ -123,3 +123,28 @@ def test_strip_reads_cap_gdals_block_cache_unless_the_user_set_it(
     monkeypatch.setenv("GDAL_CACHEMAX", "2048")
     with strip_block_cache(wide, 256):
         assert "GDAL_CACHEMAX" not in (rasterio.env.getenv() if rasterio.env.hasenv() else {})
+
+
+def test_a_corrupt_tile_names_gdals_reason(tmp_path: Path) -> None:
+    """rasterio says only "Read failed. See previous exception"; the reason is GDAL's."""
+    from rasterio.windows import Window
+
+    from fieldseg.errors import InputFileError
+    from fieldseg.raster_io import read_window
+
+    path = tmp_path / "scene.tif"
+    data = np.random.default_rng(0).integers(0, 1000, (1, 256, 256)).astype(np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=1,
+                       dtype="uint16", crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0),
+                       tiled=True, compress="deflate") as dst:  # fmt: skip
+        dst.write(data)
+    with rasterio.open(path) as src:  # where GDAL wrote the first tile
+        start = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1)) + 16
+    raw = bytearray(path.read_bytes())
+    raw[start : start + 512] = bytes(b ^ 0x5A for b in raw[start : start + 512])
+    path.write_bytes(raw)
+    with rasterio.open(path) as src, pytest.raises(InputFileError) as caught:
+        read_window(src, Window(0, 0, 256, 256), fill_value=0)
+    message = str(caught.value)
+    assert message.startswith(f"cannot read {path} at Window(")
+    assert "IReadBlock failed" in message and "previous exception" not in message, message
