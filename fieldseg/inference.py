@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from rasterio.transform import array_bounds
 from rasterio.windows import Window, from_bounds
 
 from fieldseg.atomic_output import check_output_path
@@ -64,6 +65,8 @@ SEAM_MODES = ("auto", "instances", "blend")
 #: A band whose 2-98 % spread differs from the trained one by more than this factor, either
 #: way, is scaled differently (reflectance against digital numbers differ by 10,000).
 SCALE_RATIO = 50.0
+#: Fewer valid pixels than this (a 32 x 32 px area) are too few to judge a band's spread by.
+SCALE_MIN_PIXELS = 1024
 
 
 @dataclass
@@ -503,8 +506,13 @@ def _warn_if_statistics_differ(
             continue
         p2, median, p98 = (float(v) for v in np.percentile(data[keep], (2, 50, 98)))
         spread = max(high[band] - low[band], 1e-6)
-        # a flat band (no spread at all, a small uniform area) says nothing about its scale
-        rescaled = p98 > p2 and not spread / SCALE_RATIO <= p98 - p2 <= spread * SCALE_RATIO
+        # a flat band (no spread at all) or a small area (one field, say) says nothing about
+        # the scale: only the median is judged there
+        rescaled = (
+            p98 > p2
+            and int(keep.sum()) >= SCALE_MIN_PIXELS
+            and not spread / SCALE_RATIO <= p98 - p2 <= spread * SCALE_RATIO
+        )
         if median < low[band] - spread or median > high[band] + spread or rescaled:
             name = model.band_names[band]
             far.append(f"{name} (median {median:g}, 2-98 % {p2:g}-{p98:g}; trained "
@@ -543,9 +551,25 @@ def _prediction_area(
     except rasterio.errors.WindowError:
         window = None
     if window is None or window.width < 1 or window.height < 1:
-        what = "--extent" if extent is not None else "--bbox"
-        raise InputFileError(f"{what} does not overlap the scene {info.path}")
+        if extent is not None:
+            raise InputFileError(f"--extent does not overlap the scene {info.path}")
+        raise InputFileError(_bbox_outside(info, bounds))
     return window, aoi
+
+
+def _bbox_outside(info: RasterInfo, bbox: Sequence[float]) -> str:
+    """Why a bbox misses the scene: the scene's own bounds, and a hint for lon/lat."""
+    left, bottom, right, top = array_bounds(info.height, info.width, info.transform)
+    degrees = info.crs is not None and info.crs.is_projected and all(-180 <= v <= 180 for v in bbox)
+    return (
+        f"--bbox {' '.join(f'{v:g}' for v in bbox)} does not overlap the scene {info.path}, "
+        f"which spans {left:.0f} {bottom:.0f} {right:.0f} {top:.0f} in {info.crs}"
+        + (
+            "; the bbox looks like longitude/latitude: give it in the scene's CRS"
+            if degrees
+            else ""
+        )
+    )
 
 
 def _pixel_area_m2(info: RasterInfo, window: Window) -> float:

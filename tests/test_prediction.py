@@ -263,8 +263,17 @@ def test_bad_input_is_one_clear_error(scene: OracleScene, tmp_path: Path) -> Non
         predict_scene(scene.image, OracleFieldModel(), out, show_progress=False)
     with pytest.raises(ConfigError, match="overlap must be at least 2"):
         predict_scene(scene.ids, OracleFieldModel(), out, overlap=0, show_progress=False)
-    with pytest.raises(InputFileError, match="does not overlap the scene"):
+    with pytest.raises(InputFileError, match="does not overlap the scene") as caught:
         predict_scene(scene.ids, OracleFieldModel(), out, bbox=(0, 0, 10, 10), show_progress=False)
+    assert "in EPSG:32633; the bbox looks like longitude/latitude" in str(caught.value)
+    with rasterio.open(scene.ids) as src:
+        left, bottom, right, top = src.bounds
+    far = (left + 1e5, bottom, right + 1e5, top)  # metres, but off to the east
+    with pytest.raises(
+        InputFileError, match=rf"spans {left:.0f} {bottom:.0f} {right:.0f}"
+    ) as caught:
+        predict_scene(scene.ids, OracleFieldModel(), out, bbox=far, show_progress=False)
+    assert "longitude" not in str(caught.value)
     with pytest.raises(ConfigError, match="cannot tell the vector format"):
         predict_scene(scene.ids, OracleFieldModel(), tmp_path / "fields.txt", show_progress=False)
     assert not out.exists()
@@ -443,3 +452,24 @@ def test_a_scene_scaled_unlike_the_training_data_is_warned_about(
     with src:
         _warn_if_statistics_differ(src, info, model, Window(0, 0, 64, 64))  # type: ignore[arg-type]
     assert ("check the bands and their scaling" in caplog.text) == warned
+
+
+def test_a_small_area_is_not_judged_by_its_spread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 2 x 2 px bbox inside one field has almost no spread: no sign of another scaling. Its
+    median is still judged."""
+    from rasterio.windows import Window
+
+    from fieldseg.inference import _warn_if_statistics_differ
+
+    for values, warned in ((900, False), (25000, True)):
+        folder = tmp_path / str(values)
+        folder.mkdir()
+        data = np.full((64, 64), values, dtype=np.float32)
+        data[:2, :2] += np.array([[0, 3], [5, 2]], dtype=np.float32)
+        src, info, model = _scene_and_model(folder, data)
+        caplog.clear()
+        with src:
+            _warn_if_statistics_differ(src, info, model, Window(0, 0, 2, 2))  # type: ignore[arg-type]
+        assert ("check the bands and their scaling" in caplog.text) == warned, values
