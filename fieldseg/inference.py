@@ -452,7 +452,11 @@ def _load_model(model: FieldModel | str | os.PathLike[str]) -> _LoadedModel:
 
 
 def _check_bands(info: RasterInfo, model: FieldModel) -> None:
-    """The scene must have the model's band count, and its names where the scene names bands."""
+    """The scene must have the model's band count, and its names where both name their bands.
+
+    Unnamed bands (``band_1``, ``band_2``, ...: no description in the file) match any names
+    in order, on either side: a model trained on an unnamed scene runs on the named one.
+    """
     expected = list(model.band_names)
     if info.count != len(expected):
         raise InputFileError(
@@ -460,7 +464,8 @@ def _check_bands(info: RasterInfo, model: FieldModel) -> None:
             f"({', '.join(expected)})"
         )
     names = list(info.band_names)
-    if names != list(default_band_names(info.count)) and names != expected:
+    unnamed = list(default_band_names(info.count))
+    if unnamed not in (names, expected) and names != expected:
         raise InputFileError(
             f"{info.path} has bands {names}; the model was trained on {expected} (same order)"
         )

@@ -473,3 +473,29 @@ def test_a_small_area_is_not_judged_by_its_spread(
         with src:
             _warn_if_statistics_differ(src, info, model, Window(0, 0, 2, 2))  # type: ignore[arg-type]
         assert ("check the bands and their scaling" in caplog.text) == warned, values
+
+
+@pytest.mark.parametrize(
+    ("scene_bands", "model_bands", "refused"),
+    [
+        (("red", "nir"), ("red", "nir"), False),
+        (("band_1", "band_2"), ("red", "nir"), False),  # an unnamed scene
+        (("red", "nir"), ("band_1", "band_2"), False),  # a model trained on an unnamed scene
+        (("nir", "red"), ("red", "nir"), True),
+        (("red", "swir"), ("red", "nir"), True),
+    ],
+)
+def test_band_names_must_agree_where_both_sides_name_them(
+    scene_bands: tuple[str, ...], model_bands: tuple[str, ...], refused: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from fieldseg.inference import _check_bands
+
+    info = SimpleNamespace(path=Path("scene.tif"), count=2, band_names=scene_bands)
+    model = SimpleNamespace(band_names=model_bands)
+    if refused:
+        with pytest.raises(InputFileError, match=r"scene\.tif has bands .* \(same order\)"):
+            _check_bands(info, model)  # type: ignore[arg-type]
+    else:
+        _check_bands(info, model)  # type: ignore[arg-type]
