@@ -46,6 +46,7 @@ class Checkpoint:
             nodata=self.data["nodata"],
             chip_size=int(self.data["chip_size"]),
             categories=tuple(self.data["categories"]),
+            pixel_size_m=self.data.get("pixel_size_m"),
         )
 
     @property
@@ -99,6 +100,7 @@ def save_checkpoint(
         "nodata": spec.nodata,
         "chip_size": spec.chip_size,
         "categories": list(spec.categories),
+        "pixel_size_m": spec.pixel_size_m,
         "epoch": epoch,
         "metrics": metrics,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

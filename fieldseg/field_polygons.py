@@ -197,6 +197,15 @@ def true_area_perimeter(polygons: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.
     return shapely.area(polygons) * unit**2, shapely.length(polygons) * unit
 
 
+def pixel_side_m(crs: CRS, transform: Affine, col: int = 0, row: int = 0) -> float:
+    """The side in metres of a square with the true area of pixel (``col``, ``row``)."""
+    x0, y0 = transform * (col, row)
+    x1, y1 = transform * (col + 1, row + 1)
+    pixel = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    area, _ = true_area_perimeter(np.asarray([pixel], dtype=object), crs)
+    return float(np.sqrt(area[0]))
+
+
 def _metres_per_unit(crs: CRS) -> float:
     axis = crs.axis_info[0] if crs.axis_info else None
     factor = getattr(axis, "unit_conversion_factor", None)

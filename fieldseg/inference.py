@@ -65,6 +65,8 @@ SEAM_MODES = ("auto", "instances", "blend")
 #: A band whose 2-98 % spread differs from the trained one by more than this factor, either
 #: way, is scaled differently (reflectance against digital numbers differ by 10,000).
 SCALE_RATIO = 50.0
+#: Scene pixels larger or smaller than the trained ones by more than this factor are warned of.
+PIXEL_SIZE_RATIO = 1.2
 #: Fewer valid pixels than this (a 32 x 32 px area) are too few to judge a band's spread by.
 SCALE_MIN_PIXELS = 1024
 
@@ -222,6 +224,7 @@ def predict_scene(
         area_transform = rasterio.windows.transform(area_window, info.transform)
         height, width = int(area_window.height), int(area_window.width)
         pixel_m2 = _pixel_area_m2(info, area_window)
+        _warn_if_pixel_size_differs(net, math.sqrt(pixel_m2))
         min_area = MIN_FIELD_PIXELS * pixel_m2 if min_area_m2 is None else min_area_m2
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
@@ -579,17 +582,26 @@ def _bbox_outside(info: RasterInfo, bbox: Sequence[float]) -> str:
 
 def _pixel_area_m2(info: RasterInfo, window: Window) -> float:
     """True area in m2 of the centre pixel of ``window`` (also in a geographic CRS)."""
-    import shapely
-
-    from fieldseg.field_polygons import true_area_perimeter
+    from fieldseg.field_polygons import pixel_side_m
 
     col = int(window.col_off + window.width // 2)
     row = int(window.row_off + window.height // 2)
-    x0, y0 = info.transform * (col, row)
-    x1, y1 = info.transform * (col + 1, row + 1)
-    pixel = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-    area, _ = true_area_perimeter(np.asarray([pixel], dtype=object), info.crs)
-    return float(area[0])
+    return pixel_side_m(info.crs, info.transform, col, row) ** 2
+
+
+def _warn_if_pixel_size_differs(model: FieldModel, pixel_m: float) -> None:
+    """Warn when the scene's pixels differ in size from the training pixels.
+
+    The model would see every field larger or smaller than it learned fields to be.
+    """
+    trained = model.spec.pixel_size_m if model.spec is not None else None
+    if trained and not 1 / PIXEL_SIZE_RATIO <= pixel_m / trained <= PIXEL_SIZE_RATIO:
+        logger.warning(
+            "the scene's pixels are %.3g m; the model was trained on %.3g m pixels, so every "
+            "field looks %.2g times as wide to it: resample the scene to %.3g m first "
+            "(e.g. gdalwarp -tr)",
+            pixel_m, trained, trained / pixel_m, trained,
+        )  # fmt: skip
 
 
 def _write_debug_layers(

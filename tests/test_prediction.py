@@ -499,3 +499,36 @@ def test_band_names_must_agree_where_both_sides_name_them(
             _check_bands(info, model)  # type: ignore[arg-type]
     else:
         _check_bands(info, model)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("pixel_m", "trained_m", "warned"),
+    [
+        (10.0, 10.0, False),
+        (11.0, 10.0, False),
+        (60.0, 10.0, True),
+        (5.0, 10.0, True),
+        (60.0, None, False),  # an older checkpoint: nothing to compare with
+    ],
+)
+def test_pixels_of_another_size_than_the_trained_ones_are_warned_about(
+    caplog: pytest.LogCaptureFixture, pixel_m: float, trained_m: float | None, warned: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from fieldseg.inference import _warn_if_pixel_size_differs
+
+    model = SimpleNamespace(spec=SimpleNamespace(pixel_size_m=trained_m))
+    _warn_if_pixel_size_differs(model, pixel_m)  # type: ignore[arg-type]
+    assert ("resample the scene to 10 m first" in caplog.text) == warned
+
+
+def test_a_geographic_scene_pixel_is_measured_in_metres() -> None:
+    from affine import Affine
+    from pyproj import CRS
+
+    from fieldseg.field_polygons import pixel_side_m
+
+    at_equator = Affine(1e-4, 0, 10.0, 0, -1e-4, 0.0005)  # about 11.1 m
+    assert pixel_side_m(CRS.from_epsg(4326), at_equator, 0, 0) == pytest.approx(11.1, rel=0.01)
+    assert pixel_side_m(CRS.from_epsg(32633), Affine(10, 0, 0, 0, -10, 0)) == 10.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from fieldseg.band_statistics import BandStatistics
@@ -51,16 +52,33 @@ class ModelSpec:
     nodata: float | None
     chip_size: int
     categories: tuple[str, ...]
+    #: The ground size of the training pixels in metres (None: not recorded, older checkpoints).
+    pixel_size_m: float | None = None
 
     @classmethod
     def from_description(cls, description: DatasetDescription) -> ModelSpec:
-        """The spec of a tiled dataset."""
+        """The spec of a tiled dataset (its pixel size: the median over its scenes)."""
+        from affine import Affine
+        from pyproj import CRS
+
+        from fieldseg.field_polygons import pixel_side_m
+
+        sides = [
+            pixel_side_m(
+                CRS.from_wkt(scene.crs.wkt),
+                Affine(*scene.transform[:6]),
+                scene.width // 2,
+                scene.height // 2,
+            )
+            for scene in description.scenes
+        ]
         return cls(
             bands=tuple(description.bands),
             statistics=tuple(description.normalisation),
             nodata=description.nodata,
             chip_size=description.chip_size,
             categories=tuple(c.name for c in sorted(description.categories, key=lambda c: c.id)),
+            pixel_size_m=round(float(np.median(sides)), 6) if sides else None,
         )
 
 
