@@ -28,7 +28,8 @@ zone of the truth's centre, so size bins mean true hectares.
 What cannot be scored is refused before any rasterising, since it would otherwise come out as
 plausible-looking figures (all 1 for two empty sets, all 0 for a file mix-up): a truth without a
 field polygon (as ``fieldseg tile`` refuses such labels), predictions whose extent does not
-overlap the truth's (a wrong CRS or the wrong file), and a label extent holding no truth field.
+overlap the truth's (a wrong CRS or the wrong file), a label extent holding no truth field,
+and predictions whose features are all without a polygon area (points, say: the wrong file).
 Predictions may be empty: a model may find nothing, which scores recall 0.
 """
 
@@ -256,9 +257,10 @@ def evaluate_fields(
         reason in ``mask_ap_skipped``), ``settings`` and ``seconds``; plus each field's status.
 
     Raises:
-        InputFileError: the truth holds no polygon with an area; the predictions' extent does
-            not overlap the truth's; the label extent holds no truth field. Nothing could be
-            scored, so this is refused rather than reported as zeros (or ones).
+        InputFileError: the truth, or predictions that have features, hold no polygon with
+            an area; the predictions' extent does not overlap the truth's; the label extent
+            holds no truth field. Nothing could be scored, so this is refused rather than
+            reported as zeros (or ones).
         ConfigError: both label modes, or the sets not in one projected CRS.
     """
     settings = settings or EvaluationSettings()
@@ -283,6 +285,11 @@ def evaluate_fields(
         )
     n_without_area = {"truth": n_truth_read - len(truth)}
     predicted = _prepared(predicted, "predicted")
+    if predicted.empty and n_predicted_read:  # none at all is a model that found nothing
+        raise InputFileError(
+            f"the predictions hold no field polygon with an area: their {n_predicted_read} "
+            "feature(s) are points, lines or empty geometries; nothing to score"
+        )
     _check_extents_overlap(predicted, truth)
     n_without_area["predicted"] = n_predicted_read - len(predicted)
 

@@ -230,6 +230,21 @@ def test_truth_files_without_field_polygons_are_refused(tmp_path: Path) -> None:
     assert "0 predicted vs 9 truth fields" in result.output
 
 
+def test_predictions_without_field_polygons_are_refused(tmp_path: Path) -> None:
+    """Points only (the wrong file, say) would score F1 0 as if the model found nothing."""
+    points = frame([shapely.Point(X0 + 50, Y0 + 50), shapely.Point(X0 + 150, Y0 + 50)])
+    expected = (
+        "the predictions hold no field polygon with an area: their 2 feature(s) are points, "
+        "lines or empty geometries; nothing to score"
+    )
+    with pytest.raises(InputFileError) as raised:
+        evaluate_fields(points, frame(grid_fields(3)), settings=FAST)
+    assert str(raised.value) == expected
+    _, truth_path = _write_pair(tmp_path)
+    points.to_file(tmp_path / "points.gpkg")
+    assert_user_error(run("evaluate", tmp_path / "points.gpkg", truth_path), expected)
+
+
 def test_label_extent_without_truth_fields_is_refused(tmp_path: Path) -> None:
     truth = frame(grid_fields(3))
     predicted = frame(grid_fields(3))
