@@ -35,6 +35,12 @@ SPLIT_ALIASES: dict[str, str] = {
 }
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_CATEGORY = "field"
+#: An overlap below this share of the smaller field is floating-point noise, not a field drawn
+#: over another: 0.01 m2 of a 1 ha field, a strip a tenth of a millimetre wide along a 100 m
+#: edge, where a thin real overlap (a strip holding a row of pixel centres) is decimetres wide.
+OVERLAP_NOISE_SHARE = 1e-6
+#: A class column with more distinct values than this (and than half the fields) is suspect.
+MANY_CLASSES = 20
 
 
 @dataclass
@@ -74,6 +80,7 @@ def load_field_labels(
     *,
     class_column: str | None = None,
     split_column: str | None = None,
+    overlap_crs: object | None = None,
 ) -> FieldLabels:
     """Read field polygons and make them valid, non-empty and non-overlapping.
 
@@ -81,6 +88,8 @@ def load_field_labels(
         path: any vector file OGR reads (GPKG, GeoJSON, shapefile, GeoParquet, ...).
         class_column: column whose values become categories (default: one category, ``field``).
         split_column: column holding ``train``/``val``/``test`` per field.
+        overlap_crs: the CRS the fields will be used in (``tile``: the scene's); overlaps are
+            measured there (see :func:`resolve_overlaps`). None: the file's CRS.
 
     Returns:
         The cleaned labels, still in the file's CRS.
@@ -122,12 +131,20 @@ def load_field_labels(
         missing = values.isna().to_numpy()
         n_no_class = int(missing.sum())
         fields = fields[~missing].reset_index(drop=True)
+        _warn_continuous_classes(values[~missing], class_column)
         fields["category"] = values[~missing].astype(str).to_numpy()
     else:
         fields["category"] = DEFAULT_CATEGORY
         n_no_class = 0
     if split_column is not None:
-        raw = column(split_column).astype(str).str.strip().str.lower()
+        values = column(split_column)
+        n_empty = int(values.isna().sum())
+        if n_empty:
+            raise InputFileError(
+                f"--split-column {split_column!r} has no value for {n_empty} of {len(values)} "
+                "fields; give each field train, val or test"
+            )
+        raw = values.astype(str).str.strip().str.lower()
         unknown = sorted(set(raw) - set(SPLIT_ALIASES))
         if unknown:
             raise InputFileError(
@@ -136,7 +153,7 @@ def load_field_labels(
         fields["split"] = raw.map(SPLIT_ALIASES).to_numpy()
     fields = fields.reset_index(drop=True)
 
-    n_pairs = resolve_overlaps(fields)
+    n_pairs = resolve_overlaps(fields, measure_crs=overlap_crs)
     emptied = fields.geometry.is_empty.to_numpy()
     fields = fields[~emptied].reset_index(drop=True)
     labels = FieldLabels(
@@ -153,13 +170,35 @@ def load_field_labels(
     return labels
 
 
-def resolve_overlaps(fields: gpd.GeoDataFrame, *, min_overlap_share: float = 1e-9) -> int:
+def _warn_continuous_classes(values: pd.Series, class_column: str) -> None:
+    """Warn when a class column looks continuous (an area, a score): each value becomes a class."""
+    n_classes = values.nunique()
+    fractional = pd.api.types.is_float_dtype(values) and bool(
+        (values.to_numpy(dtype=float) % 1 != 0).any()
+    )
+    if fractional or (n_classes > MANY_CLASSES and n_classes > len(values) / 2):
+        logger.warning(
+            "--class-column %r holds %d distinct values over %d fields%s: each becomes a "
+            "class; is it a class column?",
+            class_column, n_classes, len(values), " (non-integer numbers)" if fractional else "",
+        )  # fmt: skip
+
+
+def resolve_overlaps(
+    fields: gpd.GeoDataFrame,
+    *,
+    min_overlap_share: float = OVERLAP_NOISE_SHARE,
+    measure_crs: object | None = None,
+) -> int:
     """Cut every overlap out of the larger field of each overlapping pair, in place.
 
     The smaller field keeps the disputed area: a small field drawn over a large one is almost
     always a detail the large one missed. Even a thin overlap can hold a row of pixel centres,
     so only floating-point noise along shared edges (below ``min_overlap_share`` of the smaller
-    field) is left alone. Returns the number of overlapping pairs.
+    field) is left alone. With ``measure_crs`` (the CRS the fields will be rasterised in) the
+    overlaps are measured there: a shared edge whose vertices lie on a neighbour's edge in that
+    CRS (fields drawn in UTM, shipped in EPSG:4326) bends off it in the file's CRS, leaving
+    slivers that vanish again once reprojected. Returns the number of overlapping pairs.
     """
     geometries = fields.geometry.to_numpy()
     tree = shapely.STRtree(geometries)
@@ -179,8 +218,15 @@ def resolve_overlaps(fields: gpd.GeoDataFrame, *, min_overlap_share: float = 1e-
     left, right = left[inside], right[inside]
     if len(left) == 0:
         return 0
-    overlap = shapely.area(shapely.intersection(geometries[left], geometries[right]))
-    smaller_area = np.minimum(areas[left], areas[right])
+    measured, measured_areas = geometries, areas
+    if measure_crs is not None and fields.crs is not None and fields.crs != measure_crs:
+        involved = np.unique(np.concatenate([left, right]))
+        reprojected = gpd.GeoSeries(geometries[involved], crs=fields.crs).to_crs(measure_crs)
+        measured = np.full(len(geometries), None, dtype=object)
+        measured[involved] = shapely.make_valid(reprojected.to_numpy())  # rings may bend
+        measured_areas = shapely.area(measured)
+    overlap = shapely.area(shapely.intersection(measured[left], measured[right]))
+    smaller_area = np.minimum(measured_areas[left], measured_areas[right])
     real = overlap > min_overlap_share * smaller_area
     cut_from: dict[int, list[int]] = defaultdict(list)
     for i, j in zip(left[real], right[real], strict=True):

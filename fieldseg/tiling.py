@@ -78,6 +78,12 @@ from fieldseg.vector_io import read_area_of_interest
 logger = logging.getLogger(__name__)
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
+DEFAULT_SPLIT = "0.8,0.1,0.1"
+#: In the default label mode (labels complete over the scene) a scene whose share covered by
+#: the labels' bounding box is below this is warned about: chips beyond the labels are written
+#: as background, which is wrong where fields there are only undrawn. Hand-drawn labels of a
+#: whole scene leave a margin, far smaller than the 30 % this lets through.
+MIN_LABEL_COVER = 0.7
 
 
 @dataclass
@@ -155,7 +161,7 @@ def tile_scenes(
     *,
     chip_size: int = 256,
     overlap: int = 64,
-    split: str | Sequence[float] = "0.8,0.1,0.1",
+    split: str | Sequence[float] | None = None,
     split_column: str | None = None,
     class_column: str | None = None,
     label_extent: str | os.PathLike[str] | None = None,
@@ -179,8 +185,9 @@ def tile_scenes(
         output: the dataset directory to create (refused if non-empty unless ``overwrite``).
         chip_size: chip width and height in pixels.
         overlap: pixels shared by neighbouring chips.
-        split: train,val,test fractions for spatial-block splitting.
-        split_column: take each chip's split from this label column instead.
+        split: train,val,test fractions for spatial-block splitting (None: 0.8,0.1,0.1).
+        split_column: take each chip's split from this label column instead (then neither
+            ``split`` nor ``block_size`` may be given).
         class_column: label column whose values become COCO categories.
         label_extent: AOI inside which labels are complete; only chips fully inside are kept.
         sparse: only drawn fields are known; chips go where they are, the rest is ignored.
@@ -202,7 +209,14 @@ def tile_scenes(
         A summary of chips, splits and label repairs.
     """
     stride = check_chip_geometry(chip_size, overlap)
-    fractions = None if split_column else parse_fractions(split)
+    if split_column is not None:
+        for option, value in (("--split", split), ("--block-size", block_size)):
+            if value is not None:
+                raise ConfigError(
+                    f"{option} and --split-column are exclusive: the split column gives each "
+                    f"chip its split, so {option} would not be used"
+                )
+    fractions = None if split_column else parse_fractions(DEFAULT_SPLIT if split is None else split)
     if label_extent is not None and sparse:
         raise ConfigError("--label-extent and --sparse are exclusive: choose one label mode")
     if not 0 <= max_nodata <= 1:
@@ -215,17 +229,28 @@ def tile_scenes(
         scenes = [scenes]  # one path, not a sequence of its characters
     if not scenes:
         raise ConfigError("tile needs at least one scene")
+    _refuse_duplicate_scenes(scenes)
     inputs = [*scenes, labels, *([label_extent] if label_extent else [])]
     output = check_output_path(output, overwrite=overwrite, marker=DESCRIPTION_FILE, inputs=inputs)
     mode: LabelMode = "sparse" if sparse else ("label_extent" if label_extent else "complete")
 
     lap = _Laps()
+    infos: list[RasterInfo] = []
+    for path in scenes:
+        with open_raster(path) as src:
+            infos.append(raster_info(src))
+    _refuse_scenes_smaller_than_a_chip(infos, chip_size, max_nodata)
     logger.info("reading labels from %s", labels)
-    field_labels = load_field_labels(labels, class_column=class_column, split_column=split_column)
+    field_labels = load_field_labels(
+        labels,
+        class_column=class_column,
+        split_column=split_column,
+        overlap_crs=infos[0].crs,  # overlaps are judged where the labels are rasterised
+    )
     lap("labels")
     category_ids = {name: i for i, name in enumerate(field_labels.categories, start=1)}
     prepared, summary = _prepare_scenes(
-        scenes, field_labels, nodata, chip_size, overlap, mode, label_extent, output
+        infos, field_labels, nodata, chip_size, overlap, mode, label_extent, output
     )
     summary.labels = field_labels
     lap("scenes")
@@ -416,7 +441,7 @@ def _footprints(scenes: list[_Scene], chips: Sequence[tuple[int, Window]]) -> np
 
 
 def _prepare_scenes(
-    paths: Sequence[str | os.PathLike[str]],
+    infos: Sequence[RasterInfo],
     labels: FieldLabels,
     nodata: float | None,
     chip_size: int,
@@ -425,13 +450,11 @@ def _prepare_scenes(
     label_extent: str | os.PathLike[str] | None,
     output: Path,
 ) -> tuple[list[_Scene], TileSummary]:
-    """Open every scene, check they agree, and find their labels and candidate chips."""
+    """Check that the scenes agree, and find their labels and candidate chips."""
     summary = TileSummary(output=output, chips_by_split={}, instances_by_split={}, fractions={})
     prepared: list[_Scene] = []
     used_ids: set[str] = set()
-    for path in paths:
-        with open_raster(path) as src:
-            info = raster_info(src)
+    for info in infos:
         if prepared:
             _check_same_bands(prepared[0].info, info)
         scene_nodata = info.nodata if info.nodata is not None else nodata
@@ -476,6 +499,14 @@ def _prepare_scenes(
             windows = [w for i, w in enumerate(windows) if i in with_field]
         if len(fields) == 0:
             summary.warnings.append(f"no label falls on scene {info.path.name}")
+        elif mode == "complete":
+            cover = shapely.box(*fields.total_bounds).intersection(scene_box).area / scene_box.area
+            if cover < MIN_LABEL_COVER:
+                summary.warnings.append(
+                    f"the labels' extent covers only {cover:.0%} of scene {info.path.name}: "
+                    "chips beyond it are written as background; if fields there are unlabelled, "
+                    "give --label-extent (or --sparse)"
+                )
         prepared.append(
             _Scene(
                 scene_id=scene_id,
@@ -725,6 +756,36 @@ def _warn_small_splits(summary: TileSummary, fractions: dict[str, float] | None)
             )
         elif 0 < got < 5 and name != "train":
             summary.warnings.append(f"the {name} split has only {got} chips: figures will be noisy")
+
+
+def _refuse_duplicate_scenes(scenes: Sequence[str | os.PathLike[str]]) -> None:
+    """A scene given twice would be tiled twice: every chip doubled, in two splits maybe."""
+    seen: set[Path] = set()
+    for scene in scenes:
+        resolved = Path(scene).resolve()
+        if resolved in seen:
+            raise ConfigError(f"scene {scene} is given more than once: give each scene once")
+        seen.add(resolved)
+
+
+def _refuse_scenes_smaller_than_a_chip(
+    infos: Sequence[RasterInfo], chip_size: int, max_nodata: float
+) -> None:
+    """Refuse scenes whose one padded chip would be skipped for its padding alone.
+
+    A scene smaller than a chip gets one chip padded with nodata (see
+    :mod:`fieldseg.chip_grid`); when the padding alone is more than ``max_nodata`` of it, no
+    chip of the scene could ever be written.
+    """
+    inside = [min(i.width, chip_size) * min(i.height, chip_size) for i in infos]
+    small = [i for i, n in zip(infos, inside, strict=True) if 1 - n / chip_size**2 > max_nodata]
+    if small:
+        sizes = ", ".join(f"{i.path.name} ({i.width} x {i.height} px)" for i in small)
+        largest = min(min(i.width, i.height) for i in small)
+        raise ConfigError(
+            f"--chip-size {chip_size} is larger than {sizes}: a chip there would be more than "
+            f"{max_nodata:.0%} padding; use a --chip-size of at most {largest}"
+        )
 
 
 def _check_same_bands(reference: RasterInfo, info: RasterInfo) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import geopandas as gpd
@@ -195,6 +196,30 @@ def test_overlap_goes_to_the_smaller_field_in_the_chips(
     check_against_truth(ds, {1: BIG.difference(SMALL), 2: SMALL})
 
 
+#: A partition of the scene: a strip along the top, two fields below it whose shared corner
+#: lies on the strip's bottom edge (no vertex of the strip there). In EPSG:4326 that corner
+#: bends off the strip's straight edge: slivers that vanish again in the scene's UTM CRS.
+T_JUNCTION = [px_box(10, 10, 290, 40), px_box(10, 40, 150, 250), px_box(150, 40, 290, 250)]
+
+
+def test_reprojection_slivers_are_not_overlaps(tmp_path: Path) -> None:
+    path = write_labels(tmp_path / "t.gpkg", T_JUNCTION, to_crs="EPSG:4326")
+    assert load_field_labels(path).n_overlapping_pairs == 2  # slivers in the file's CRS
+    labels = load_field_labels(path, overlap_crs=CRS_UTM)
+    assert labels.n_overlapping_pairs == 0
+    for original, kept in zip(T_JUNCTION, labels.fields.to_crs(CRS_UTM).geometry, strict=True):
+        assert kept.area == pytest.approx(original.area)  # nothing was cut
+    real = write_labels(tmp_path / "real.gpkg", [BIG, SMALL], to_crs="EPSG:4326")
+    assert load_field_labels(real, overlap_crs=CRS_UTM).n_overlapping_pairs == 1
+
+
+def test_tile_ignores_reprojection_slivers(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    path = write_labels(tmp_path / "t.gpkg", T_JUNCTION, to_crs="EPSG:3857")
+    summary = _tile(basic_scene.scene, path, tmp_path / "out")
+    assert summary.labels is not None and summary.labels.n_overlapping_pairs == 0
+    assert "0 overlapping pairs" in "\n".join(summary.lines())
+
+
 # --------------------------------------------------------------------------------------------
 # columns
 # --------------------------------------------------------------------------------------------
@@ -270,6 +295,46 @@ def test_split_column_stays_with_its_row_when_classes_are_missing(tmp_path: Path
     assert labels.fields["field_id"].tolist() == [2, 3]
     assert labels.fields["category"].tolist() == ["wheat", "maize"]
     assert labels.fields["split"].tolist() == ["val", "test"]
+
+
+def test_split_column_without_values_says_how_many(tmp_path: Path) -> None:
+    geometries = [px_box(0, 0, 10, 10), px_box(20, 0, 30, 10), px_box(40, 0, 50, 10)]
+    path = write_labels(tmp_path / "s.gpkg", geometries, columns={"fold": ["train", None, None]})
+    with pytest.raises(InputFileError) as raised:
+        load_field_labels(path, split_column="fold")
+    assert str(raised.value) == (
+        "--split-column 'fold' has no value for 2 of 3 fields; give each field train, val or test"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            [1250.5, 980.25, 4100.0],
+            "--class-column 'c' holds 3 distinct values over 3 fields (non-integer numbers): "
+            "each becomes a class; is it a class column?",
+        ),
+        (
+            list(range(1, 26)),
+            "--class-column 'c' holds 25 distinct values over 25 fields: each becomes a class; "
+            "is it a class column?",
+        ),
+        (["wheat", "maize"] * 13, None),
+        ([1.0, 2.0, 1.0], None),  # integer codes read as floats
+    ],
+    ids=["fractional", "one per field", "names", "integral floats"],
+)
+def test_class_column_that_looks_continuous_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, values: list[object], message: str | None
+) -> None:
+    geometries = [px_box(10 * i, 0, 10 * i + 5, 5) for i in range(len(values))]
+    path = write_labels(tmp_path / "c.gpkg", geometries, columns={"c": values})
+    with caplog.at_level(logging.WARNING, logger="fieldseg"):
+        labels = load_field_labels(path, class_column="c")
+    assert len(labels.categories) == len(set(values))  # still one class per value
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ([message] if message else [])
 
 
 # --------------------------------------------------------------------------------------------

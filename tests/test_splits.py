@@ -452,3 +452,36 @@ def test_scenes_covering_the_same_ground_share_no_pixels_across_splits(
         if a[0] != b[0] and a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]
     ]
     assert leaks == [], f"{len(leaks)} pairs of chips over the same ground in different splits"
+
+
+@pytest.mark.parametrize(
+    ("option", "kwargs"), [("--split", {"split": "0.5,0.5,0"}), ("--block-size", {"block_size": 5})]
+)
+def test_split_options_with_a_split_column_are_refused(
+    tmp_path: Path, basic_scene: SceneFixture, option: str, kwargs: dict[str, object]
+) -> None:
+    """--split and --block-size would go unused: refused (--block-size before its own check)."""
+    labels = write_labels(
+        tmp_path / "folds.gpkg", list(FIELDS.values()), columns={"fold": list(FOLDS.values())}
+    )
+    with pytest.raises(ConfigError) as raised:
+        tile_scenes(
+            [basic_scene.scene], labels, tmp_path / "out", chip_size=64, overlap=0,
+            split_column="fold", **kwargs,
+        )  # fmt: skip
+    assert str(raised.value) == (
+        f"{option} and --split-column are exclusive: the split column gives each chip its "
+        f"split, so {option} would not be used"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_left_out_is_the_documented_default(
+    tmp_path: Path, basic_scene: SceneFixture
+) -> None:
+    tile_scenes(
+        [basic_scene.scene], basic_scene.labels, tmp_path / "out", chip_size=CHIP, overlap=OVERLAP
+    )
+    method = read_dataset(tmp_path / "out").description["split_method"]
+    assert method["method"] == "blocks"
+    assert method["requested"] == {"train": 0.8, "val": 0.1, "test": 0.1}

@@ -523,6 +523,32 @@ def test_label_extent_with_sparse_is_refused(tmp_path: Path, basic_scene: SceneF
     assert not (tmp_path / "out").exists()
 
 
+def test_labels_covering_part_of_the_scene_warn_in_the_default_mode(
+    tmp_path: Path, basic_scene: SceneFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Labels of the east half only: in the default mode the west half would be background."""
+    east = [px_box(160, 10, 220, 100), px_box(230, 120, 290, 250)]  # box: 130 x 240 px of 300 x 260
+    labels = write_labels(tmp_path / "east.gpkg", east)
+    expected = (
+        "the labels' extent covers only 40% of scene scene.tif: chips beyond it are written as "
+        "background; if fields there are unlabelled, give --label-extent (or --sparse)"
+    )
+    with caplog.at_level(logging.WARNING, logger="fieldseg"):
+        complete = tile_scenes(
+            [basic_scene.scene], labels, tmp_path / "a", chip_size=CHIP, overlap=OVERLAP,
+            split="1,0,0",
+        )  # fmt: skip
+    assert complete.warnings == [expected]
+    assert [r.getMessage() for r in caplog.records].count(expected) == 1
+    sparse = tile_scenes(
+        [basic_scene.scene], labels, tmp_path / "b", chip_size=CHIP, overlap=OVERLAP,
+        split="1,0,0", sparse=True,
+    )  # fmt: skip
+    assert sparse.warnings == []
+    _, whole = _tile(basic_scene, tmp_path / "c")  # the fixture's labels span the scene
+    assert not any("labels' extent" in w for w in whole.warnings)
+
+
 # --------------------------------------------------------------------------------------------
 # several scenes
 # --------------------------------------------------------------------------------------------
@@ -786,6 +812,33 @@ def test_total_pixels_helper_counts_beyond_the_scene() -> None:
     """Sanity check of the oracle used above: pixels beyond the scene edge count."""
     assert total_pixels(FIELDS["scene_edge"]) == 50 * 40
     assert total_pixels(FIELDS["holed"]) == 2100
+
+
+def test_chip_larger_than_the_scene_is_refused(tmp_path: Path) -> None:
+    """A 160 x 160 px scene's one 256 px chip is 61 % padding: it could never be written."""
+    field = px_box(10, 10, 50, 40)
+    scene = write_scene(tmp_path / "s2.tif", paint_scene(160, 160, [field]))
+    labels = write_labels(tmp_path / "f.gpkg", [field])
+    with pytest.raises(ConfigError) as raised:
+        tile_scenes([scene], labels, tmp_path / "out", chip_size=256, overlap=64)
+    assert str(raised.value) == (
+        "--chip-size 256 is larger than s2.tif (160 x 160 px): a chip there would be more than "
+        "50% padding; use a --chip-size of at most 160"
+    )
+    # with a scene that is large enough beside it, only the small one is named
+    big = write_scene(tmp_path / "big.tif", paint_scene(SCENE_WIDTH, SCENE_HEIGHT, [field]))
+    with pytest.raises(ConfigError, match=r"than s2\.tif \(160 x 160 px\): a chip"):
+        tile_scenes([big, scene], labels, tmp_path / "out", chip_size=256, overlap=64)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_same_scene_twice_is_refused(tmp_path: Path, basic_scene: SceneFixture) -> None:
+    scene = basic_scene.scene
+    again = scene.parent / "sub" / ".." / scene.name  # another spelling of the same file
+    with pytest.raises(ConfigError) as raised:
+        tile_scenes([scene, again], basic_scene.labels, tmp_path / "out", chip_size=CHIP)
+    assert str(raised.value) == f"scene {again} is given more than once: give each scene once"
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,9 +24,7 @@ from fieldseg.cli.options import label_extent_option, overwrite_option, seed_opt
 @click.option("--overlap", default=64, show_default=True, help="Pixels shared by neighbours.")
 @click.option(
     "--split",
-    default="0.8,0.1,0.1",
-    show_default=True,
-    help="train,val,test fractions, dealt out by spatial blocks.",
+    help="train,val,test fractions, dealt out by spatial blocks [default: 0.8,0.1,0.1].",
 )
 @click.option("--split-column", help="Label column with train/val/test per field (no blocks).")
 @click.option(
@@ -64,7 +62,7 @@ def tile(
     output: Path,
     chip_size: int,
     overlap: int,
-    split: str,
+    split: str | None,
     split_column: str | None,
     block_size: int | None,
     class_column: str | None,
