@@ -27,18 +27,41 @@ VECTOR_DRIVERS: dict[str, str] = {
 }
 
 
+#: How QGIS names one layer of a file, accepted wherever a vector file is read:
+#: ``errors.gpkg|layername=truth`` (further ``|option=...`` parts are ignored).
+LAYER_SUFFIX = "|layername="
+
+
+def split_layer(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """The file and the layer named by a QGIS-style ``FILE|layername=NAME`` (None: not named)."""
+    text = os.fspath(path)
+    if LAYER_SUFFIX not in text:
+        return Path(text), None
+    file, _, rest = text.partition(LAYER_SUFFIX)
+    return Path(file), rest.split("|")[0]
+
+
 def read_vector(
     path: str | os.PathLike[str], *, layer: str | None = None, require_crs: bool = True
 ) -> gpd.GeoDataFrame:
     """Read a vector file (GPKG, GeoJSON, shapefile, GeoParquet, ...) into a GeoDataFrame.
 
+    Args:
+        path: the file; ``FILE|layername=NAME`` (as QGIS writes it) reads the layer NAME.
+        layer: the layer to read (default: the one named in ``path``, else the file's only
+            feature layer, or ``fields``, or the first; see :func:`_feature_layer`).
+        require_crs: refuse a file without a CRS.
+
     Raises:
-        InputFileError: missing or unreadable file, or no geometry column.
+        InputFileError: missing or unreadable file, no such layer, or no geometry column.
         CRSError: the file declares no CRS (and ``require_crs``).
     """
-    path = Path(path)
+    path, named = split_layer(path)
+    layer = layer or named
     if not path.exists():
         raise InputFileError(f"vector file not found: {path}")
+    if layer is not None and path.suffix.lower() not in (".parquet", ".geoparquet"):
+        _check_layer(path, layer)
     try:
         if path.suffix.lower() in (".parquet", ".geoparquet"):
             frame = gpd.read_parquet(path)
@@ -53,6 +76,18 @@ def read_vector(
             f"vector file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 ...)"
         )
     return frame
+
+
+def _check_layer(path: Path, layer: str) -> None:
+    """Refuse a layer the file does not hold, naming those it does."""
+    import pyogrio
+
+    try:
+        names = [str(name) for name, _ in pyogrio.list_layers(path)]
+    except Exception as exc:  # not a vector file: read_file says why
+        raise InputFileError(f"cannot read vector file {path}: {first_line(exc)}") from exc
+    if layer not in names:
+        raise InputFileError(f"{path} has no layer {layer!r}; its layers: {', '.join(names)}")
 
 
 def _feature_layer(path: Path) -> str | None:
@@ -73,7 +108,8 @@ def _feature_layer(path: Path) -> str | None:
         return "fields"
     if len(features) > 1:
         logger.warning(
-            "%s holds the layers %s and none is called 'fields': reading %s",
+            "%s holds the layers %s and none is called 'fields': reading %s (name another "
+            "as FILE|layername=NAME)",
             path, ", ".join(features), features[0],
         )  # fmt: skip
     return features[0]

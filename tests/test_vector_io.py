@@ -41,3 +41,18 @@ def test_a_file_of_other_layers_gives_its_first_with_a_warning(
     assert len(warning) == 1
     assert "parcels_2020, parcels_2021 and none is called 'fields'" in warning[0].getMessage()
     assert len(read_vector(path, layer="parcels_2021")) == 5
+    assert "(name another as FILE|layername=NAME)" in warning[0].getMessage()
+
+
+def test_a_layer_is_named_as_qgis_names_it(tmp_path: Path) -> None:
+    from fieldseg.errors import InputFileError
+
+    path = tmp_path / "parcels.gpkg"
+    _layer(path, "parcels_2020", 2)
+    _layer(path, "parcels_2021", 5)
+    assert len(read_vector(f"{path}|layername=parcels_2021")) == 5
+    assert len(read_vector(f"{path}|layername=parcels_2021|subset=")) == 5  # QGIS's other parts
+    with pytest.raises(InputFileError, match=r"has no layer 'parcels_2022'; its layers: parcels_2"):
+        read_vector(f"{path}|layername=parcels_2022")
+    with pytest.raises(InputFileError, match=r"vector file not found: .*nowhere\.gpkg$"):
+        read_vector(f"{tmp_path / 'nowhere.gpkg'}|layername=x")
