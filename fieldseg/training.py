@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from fieldseg.augmentation import ChipAugmentation
 from fieldseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from fieldseg.chip_dataset import ChipDataset, EmptySplitError, Target, collate_chips
 from fieldseg.coco_evaluation import evaluate_chip_predictions
-from fieldseg.dataset_description import DatasetDescription
+from fieldseg.dataset_description import DESCRIPTION_FILE, DatasetDescription
 from fieldseg.devices import select_device
 from fieldseg.distributed import DistContext, init_distributed
 from fieldseg.errors import (
@@ -187,9 +188,11 @@ def _train(
     description = DatasetDescription.load(dataset_dir)
     spec = ModelSpec.from_description(description)
     resumed = _resume_state(run_dir) if resume else None
+    dataset_hash = _dataset_hash(dataset_dir)
     if resumed is not None:
         config = load_resumed_config(resumed.config, settings)
         _check_same_bands(resumed.spec, spec)
+        _warn_if_other_dataset(resumed.data["training_state"], dataset_hash, dataset_dir)
     else:
         config = (
             load_run_config(None, settings, base=dict(config_path))
@@ -324,6 +327,7 @@ def _train(
             "history": history,
             "best": list(best) if best is not None else None,
             "selection_metric": model.selection_metric,
+            "dataset": dataset_hash,
         }
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         with _run_dir_errors(run_dir):
@@ -467,6 +471,26 @@ def _optional_split(dataset_dir: str | os.PathLike[str], split: str) -> ChipData
     except EmptySplitError:
         logger.warning("the %s split is empty: no validation, every epoch saved as best", split)
         return None
+
+
+def _dataset_hash(dataset_dir: str | os.PathLike[str]) -> str:
+    """A short hash of the dataset's description: what a resumed run checks it goes on with."""
+    return hashlib.sha256((Path(dataset_dir) / DESCRIPTION_FILE).read_bytes()).hexdigest()[:16]
+
+
+def _warn_if_other_dataset(state: dict[str, Any], dataset_hash: str, dataset_dir: object) -> None:
+    """Warn when a run resumes on a dataset other than the one it trained on so far."""
+    trained_on = state.get("dataset")  # None: a run of an older fieldseg, nothing to compare
+    if trained_on is not None and trained_on != dataset_hash:
+        best = state.get("best")
+        logger.warning(
+            "--resume on %s, another dataset than this run trained on so far (its dataset.json "
+            "differs)%s",
+            dataset_dir,
+            f": its best epoch, {best[0]}, was chosen on the other dataset's val split"
+            if best
+            else "",
+        )
 
 
 def _resume_state(run_dir: Path) -> Any:

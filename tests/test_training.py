@@ -54,6 +54,9 @@ def test_a_run_writes_checkpoints_metrics_and_config(tiny_dataset: Path, tmp_pat
     assert raw["bands"] == ["red_d1", "green_d1", "blue_d1", "nir_d1"]
     assert raw["chip_size"] == 64 and raw["categories"] == ["field"] and raw["epoch"] == 2
     assert raw["pixel_size_m"] == pytest.approx(10.0)  # the synthetic scene's 10 m pixels
+    from fieldseg.training import _dataset_hash
+
+    assert raw["training_state"]["dataset"] == _dataset_hash(tiny_dataset)
     assert len(raw["statistics"]) == 4 and raw["training_state"]["history"] == records
 
     # a run folder works where a checkpoint is asked for, and reloads to identical predictions
@@ -91,6 +94,18 @@ def test_resume_continues_the_epoch_count(tiny_dataset: Path, tmp_path: Path) ->
     assert [r["lr"] for r in records] == pytest.approx([1e-3, 5e-4])  # the rate each trained with
     assert records[0]["seconds"] == 1000.0 < records[1]["seconds"]  # counted on from epoch 1
     assert load_checkpoint(run_dir / "last.pt").epoch == 2
+
+
+def test_resuming_on_another_dataset_warns(caplog: pytest.LogCaptureFixture) -> None:
+    from fieldseg.training import _warn_if_other_dataset
+
+    state = {"dataset": "aaaa", "best": [3, 0.5]}
+    _warn_if_other_dataset(state, "aaaa", "ds")
+    _warn_if_other_dataset({"best": [3, 0.5]}, "bbbb", "ds")  # an older run: no hash to compare
+    assert caplog.text == ""
+    _warn_if_other_dataset(state, "bbbb", "ds2")
+    assert "--resume on ds2, another dataset than this run trained on so far" in caplog.text
+    assert "its best epoch, 3, was chosen on the other dataset's val split" in caplog.text
 
 
 def test_overrides_may_be_a_mapping_or_one_string() -> None:
