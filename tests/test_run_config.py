@@ -57,7 +57,11 @@ def test_overrides_are_yaml_values_at_dotted_keys(tmp_path: Path) -> None:
         ("optimizer.lr=-1", "optimizer.lr"),
         ("optimizer.lr=inf", "optimizer.lr: Input should be a finite number"),
         ("optimizer.lr=.nan", "optimizer.lr: Input should be a finite number"),
-        ("model.upsample=.inf", "model.upsample: Input should be a finite number"),
+        ("model.upsample=.inf", "config: model.upsample: Input should be a finite number"),
+        (
+            "model.family=yolact",
+            r"model.trainable_layers: Extra .* \(the yolact family's settings: fa",
+        ),
         ("optimizer", "--set expects key=value"),
         ("training.epochs.x=1", "epochs is not a section"),
         ("model.family=detr", "model.family must be one of"),

@@ -37,7 +37,13 @@ def model_config(section: dict[str, Any]) -> BaseModel:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in ("model", *error["loc"]))
-        raise ConfigError(f"{where}: {error['msg']}") from exc
+        known = ", ".join(FAMILIES[family][0].model_fields)
+        hint = (
+            f" (the {family} family's settings: {known})"
+            if error["type"] == "extra_forbidden"
+            else ""
+        )
+        raise ConfigError(f"config: {where}: {error['msg']}{hint}") from exc
 
 
 @dataclass(frozen=True)
