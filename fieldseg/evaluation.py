@@ -82,6 +82,8 @@ SPARSE_OVERLAP_SHARE = 0.1
 #: A field counts in ``label_extent`` mode when more than this share of it lies in the AOI.
 EXTENT_SHARE = 0.5
 
+#: A grid whose pixels make the truth's median field smaller than this many is warned of.
+COARSE_GRID_PIXELS = 4
 #: Grids larger than this are refused: pixel metrics would take hours; use a coarser grid.
 MAX_GRID_PIXELS = 2_000_000_000
 
@@ -595,6 +597,13 @@ def _grid(
         if len(every) == 0:
             return None
         bounds = tuple(shapely.total_bounds(every))
+    typical = float(np.median(shapely.area(truth))) if len(truth) else 0.0
+    if typical and typical < COARSE_GRID_PIXELS * pixel_size**2:
+        logger.warning(
+            "the truth's median field is %.0f m2, %.1f grid pixels of %g m: the pixel and "
+            "boundary figures cannot tell its fields apart; use the imagery's pixel size",
+            typical, typical / pixel_size**2, pixel_size,
+        )  # fmt: skip
     grid = EvaluationGrid.covering(bounds, pixel_size)
     if grid.width * grid.height > MAX_GRID_PIXELS:
         raise ConfigError(

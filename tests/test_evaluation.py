@@ -66,6 +66,15 @@ def test_identical_sets_give_every_figure_one() -> None:
     assert result["by_size"]["<1 ha"]["recall"] is None  # no field of that size
 
 
+def test_a_grid_coarser_than_the_fields_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    fields = frame(grid_fields(3))  # 1 ha each: 100 pixels of 10 m
+    evaluate_fields(fields, fields, settings=EvaluationSettings(mask_ap=False))
+    assert "cannot tell its fields apart" not in caplog.text
+    coarse = EvaluationSettings(mask_ap=False, pixel_size_m=60.0)  # 2.8 pixels a field
+    evaluate_fields(fields, fields, settings=coarse)
+    assert "median field is 10000 m2, 2.8 grid pixels of 60 m" in caplog.text
+
+
 def test_one_prediction_over_two_adjacent_truth_squares_is_one_merge() -> None:
     truth = frame([square(0, 0), square(100, 0), square(400, 400)])
     predicted = frame([square(0, 0, 200, 100), square(400, 400)])
