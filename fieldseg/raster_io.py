@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,29 +84,6 @@ def strip_block_cache(path: str | os.PathLike[str], rows: int) -> contextlib.Abs
     return rasterio.Env(GDAL_CACHEMAX=int(min(max(need, low), high)))  # bytes
 
 
-def unique_band_names(names: Iterable[str]) -> tuple[str, ...]:
-    """Band names made unique: a name that repeats gets ``_2``, ``_3``, ... on its later bands.
-
-    Two dates stacked with the same descriptions (``red, nir, red, nir``) become ``red, nir,
-    red_2, nir_2``, so every band can be told apart by name (as ``fieldseg stack`` requires).
-    """
-    names = list(names)
-    taken = set(names)  # a generated name never takes an original one
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] == 1:
-            out.append(name)
-            continue
-        n = seen[name]
-        while f"{name}_{n}" in taken:
-            n += 1
-        taken.add(f"{name}_{n}")
-        out.append(f"{name}_{n}")
-    return tuple(out)
-
-
 def default_band_names(count: int) -> tuple[str, ...]:
     """Names used for bands that carry no description: ``band_1``, ``band_2``, ..."""
     return tuple(f"band_{i}" for i in range(1, count + 1))
@@ -151,7 +128,7 @@ def raster_info(src: rasterio.io.DatasetReader, *, require_crs: bool = True) -> 
     missing = [f for f in src.files if not f.startswith("/vsi") and not Path(f).exists()]
     if missing:
         raise InputFileError(f"raster {path} refers to a file that does not exist: {missing[0]}")
-    names = unique_band_names(
+    names = tuple(
         desc if desc else default
         for desc, default in zip(src.descriptions, default_band_names(src.count), strict=True)
     )

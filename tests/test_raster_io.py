@@ -148,16 +148,3 @@ def test_a_corrupt_tile_names_gdals_reason(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith(f"cannot read {path} at Window(")
     assert "IReadBlock failed" in message and "previous exception" not in message, message
-
-
-def test_repeated_band_descriptions_are_numbered(tmp_path: Path) -> None:
-    from fieldseg.raster_io import unique_band_names
-
-    assert unique_band_names(["red", "nir", "red", "nir", "red"]) == (
-        "red", "nir", "red_2", "nir_2", "red_3")  # fmt: skip
-    assert unique_band_names(["red", "red", "red_2"]) == ("red", "red_3", "red_2")
-    path = tmp_path / "two_dates.tif"
-    write_geotiff(path, np.zeros((4, 8, 8), np.uint16), crs=CRS.from_epsg(32633),
-                  transform=Affine(10, 0, 0, 0, -10, 0),
-                  band_names=["red", "nir", "red", "nir"])  # fmt: skip
-    assert read_raster_info(path).band_names == ("red", "nir", "red_2", "nir_2")
