@@ -48,8 +48,10 @@ def check_output_path(
     resolved = path.resolve()
     if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
         raise OutputPathError(f"output {path} is the current folder or one above it")
+    from fieldseg.vector_io import split_layer  # vector_io writes through this module
+
     for item in inputs:
-        source = Path(item).resolve()
+        source = split_layer(item)[0].resolve()  # a layer of a file is the file
         if source == resolved or resolved in source.parents:
             raise OutputPathError(f"output {path} would replace the input {item}")
     if marker is not None and path.exists() and not path.is_dir():

@@ -171,6 +171,10 @@ def test_bbox_extent_and_debug_layers(scene: OracleScene, tmp_path: Path) -> Non
     with pytest.raises(OutputPathError, match=r"aoi\.gpkg would replace the input"):
         _predict(scene, tmp_path / "aoi.gpkg", extent=tmp_path / "aoi.gpkg", overwrite=True)
     assert (tmp_path / "aoi.gpkg").read_bytes() == aoi_bytes
+    layer = f"{tmp_path / 'aoi.gpkg'}|layername=aoi"  # named as QGIS names a layer
+    with pytest.raises(OutputPathError, match=r"aoi\.gpkg would replace the input"):
+        _predict(scene, tmp_path / "aoi.gpkg", extent=layer, overwrite=True)
+    assert (tmp_path / "aoi.gpkg").read_bytes() == aoi_bytes
 
 
 def test_a_bbox_takes_every_pixel_whose_centre_may_lie_inside(scene: OracleScene) -> None:
@@ -523,7 +527,7 @@ def test_pixels_of_another_size_than_the_trained_ones_are_warned_about(
     assert ("resample the scene to 10 m first" in caplog.text) == warned
 
 
-def test_a_geographic_scene_pixel_is_measured_in_metres() -> None:
+def test_a_pixel_is_measured_on_the_ground_in_any_crs() -> None:
     from affine import Affine
     from pyproj import CRS
 
@@ -531,4 +535,8 @@ def test_a_geographic_scene_pixel_is_measured_in_metres() -> None:
 
     at_equator = Affine(1e-4, 0, 10.0, 0, -1e-4, 0.0005)  # about 11.1 m
     assert pixel_side_m(CRS.from_epsg(4326), at_equator, 0, 0) == pytest.approx(11.1, rel=0.01)
-    assert pixel_side_m(CRS.from_epsg(32633), Affine(10, 0, 0, 0, -10, 0)) == 10.0
+    utm = Affine(10, 0, 500_000, 0, -10, 5_300_000)  # on the central meridian: scale 0.9996
+    assert pixel_side_m(CRS.from_epsg(32633), utm) == pytest.approx(10.004, abs=1e-3)
+    # Web Mercator's 10 m at 48 degrees north cover 6.7 m of ground
+    mercator = Affine(10, 0, 1_000_000, 0, -10, 6_100_000)
+    assert pixel_side_m(CRS.from_epsg(3857), mercator) == pytest.approx(6.70, abs=0.01)
