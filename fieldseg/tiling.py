@@ -79,10 +79,10 @@ logger = logging.getLogger(__name__)
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 DEFAULT_SPLIT = "0.8,0.1,0.1"
-#: In the default label mode (labels complete over the scene) a scene whose share covered by
-#: the labels' bounding box is below this is warned about: chips beyond the labels are written
-#: as background, which is wrong where fields there are only undrawn. Hand-drawn labels of a
-#: whole scene leave a margin, far smaller than the 30 % this lets through.
+#: In the default label mode (labels complete over the scene) a scene is warned about when
+#: fewer than this share of its written chips reach the labels' bounding box: the others are
+#: written as background, which is wrong where fields there are only undrawn. Hand-drawn labels
+#: of a whole scene leave a margin, far smaller than the 30 % this lets through.
 MIN_LABEL_COVER = 0.7
 
 
@@ -239,7 +239,7 @@ def tile_scenes(
     for path in scenes:
         with open_raster(path) as src:
             infos.append(raster_info(src))
-    _refuse_scenes_smaller_than_a_chip(infos, chip_size, max_nodata)
+    small_scenes = _refuse_scenes_smaller_than_a_chip(infos, chip_size, overlap, max_nodata)
     logger.info("reading labels from %s", labels)
     field_labels = load_field_labels(
         labels,
@@ -253,6 +253,7 @@ def tile_scenes(
         infos, field_labels, nodata, chip_size, overlap, mode, label_extent, output
     )
     summary.labels = field_labels
+    summary.warnings[:0] = small_scenes
     lap("scenes")
     # splits are decided in the first scene's CRS and pixel size, shared by every scene
     pixel_side = float(np.sqrt(abs(prepared[0].info.transform.determinant)))
@@ -287,6 +288,8 @@ def tile_scenes(
                 f"no chip was written: all {summary.candidate_chips} candidate chips have more "
                 f"than {max_nodata:.0%} nodata or hold no drawn field"
             )
+        if mode == "complete":
+            _warn_chips_beyond_labels(prepared, chips, summary)
         footprints = _footprints(prepared, [(c.scene, c.window) for c in chips])
         if fractions is not None:
             centres = shapely.get_coordinates(shapely.centroid(footprints))
@@ -499,14 +502,6 @@ def _prepare_scenes(
             windows = [w for i, w in enumerate(windows) if i in with_field]
         if len(fields) == 0:
             summary.warnings.append(f"no label falls on scene {info.path.name}")
-        elif mode == "complete":
-            cover = shapely.box(*fields.total_bounds).intersection(scene_box).area / scene_box.area
-            if cover < MIN_LABEL_COVER:
-                summary.warnings.append(
-                    f"the labels' extent covers only {cover:.0%} of scene {info.path.name}: "
-                    "chips beyond it are written as background; if fields there are unlabelled, "
-                    "give --label-extent (or --sparse)"
-                )
         prepared.append(
             _Scene(
                 scene_id=scene_id,
@@ -758,6 +753,32 @@ def _warn_small_splits(summary: TileSummary, fractions: dict[str, float] | None)
             summary.warnings.append(f"the {name} split has only {got} chips: figures will be noisy")
 
 
+def _warn_chips_beyond_labels(
+    scenes: Sequence[_Scene], chips: Sequence[ChipRecord], summary: TileSummary
+) -> None:
+    """Warn per scene when many written chips lie wholly beyond the labels' bounding box.
+
+    In the default label mode such chips are pure background: right where the labels are
+    complete, wrong where the fields there were only never drawn. Chips skipped for nodata do
+    not count, so a scene with a wide nodata border is not warned about.
+    """
+    for index, scene in enumerate(scenes):
+        written = [c for c in chips if c.scene == index]
+        if not written or len(scene.fields) == 0:
+            continue
+        labelled = shapely.box(*scene.fields.total_bounds)
+        beyond = sum(
+            not c.pieces and not _window_box(scene.info, c.window).intersects(labelled)
+            for c in written
+        )
+        if beyond > (1 - MIN_LABEL_COVER) * len(written):
+            summary.warnings.append(
+                f"{beyond} of the {len(written)} chips of scene {scene.info.path.name} lie wholly "
+                "beyond the labels' extent and are written as pure background; if fields there "
+                "are unlabelled, give --label-extent (or --sparse)"
+            )
+
+
 def _refuse_duplicate_scenes(scenes: Sequence[str | os.PathLike[str]]) -> None:
     """A scene given twice would be tiled twice: every chip doubled, in two splits maybe."""
     seen: set[Path] = set()
@@ -769,23 +790,30 @@ def _refuse_duplicate_scenes(scenes: Sequence[str | os.PathLike[str]]) -> None:
 
 
 def _refuse_scenes_smaller_than_a_chip(
-    infos: Sequence[RasterInfo], chip_size: int, max_nodata: float
-) -> None:
-    """Refuse scenes whose one padded chip would be skipped for its padding alone.
+    infos: Sequence[RasterInfo], chip_size: int, overlap: int, max_nodata: float
+) -> list[str]:
+    """Refuse scenes whose chips would all be skipped for their padding alone.
 
-    A scene smaller than a chip gets one chip padded with nodata (see
-    :mod:`fieldseg.chip_grid`); when the padding alone is more than ``max_nodata`` of it, no
-    chip of the scene could ever be written.
+    A scene narrower or shorter than a chip gets chips padded with nodata (see
+    :mod:`fieldseg.chip_grid`); when the padding alone is more than ``max_nodata`` of a chip,
+    no chip of the scene could ever be written. An error when that is every scene; when only
+    some, the warnings naming them (their chips are skipped and counted, as before).
     """
     inside = [min(i.width, chip_size) * min(i.height, chip_size) for i in infos]
     small = [i for i, n in zip(infos, inside, strict=True) if 1 - n / chip_size**2 > max_nodata]
-    if small:
-        sizes = ", ".join(f"{i.path.name} ({i.width} x {i.height} px)" for i in small)
-        largest = min(min(i.width, i.height) for i in small)
-        raise ConfigError(
-            f"--chip-size {chip_size} is larger than {sizes}: a chip there would be more than "
-            f"{max_nodata:.0%} padding; use a --chip-size of at most {largest}"
-        )
+    if not small:
+        return []
+    sizes = ", ".join(f"{i.path.name} ({i.width} x {i.height} px)" for i in small)
+    why = f"a chip there would be more than {max_nodata:.0%} padding"
+    if len(small) < len(infos):
+        return [f"--chip-size {chip_size} is larger than {sizes}: {why}, so it gives no chip"]
+    largest = min(min(i.width, i.height) for i in small)
+    fix = (
+        f"use a --chip-size of at most {largest}"
+        if largest > overlap
+        else f"use a --chip-size of at most {largest} and a smaller --overlap"
+    )
+    raise ConfigError(f"--chip-size {chip_size} is larger than {sizes}: {why}; {fix}")
 
 
 def _check_same_bands(reference: RasterInfo, info: RasterInfo) -> None:

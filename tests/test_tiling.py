@@ -529,9 +529,10 @@ def test_labels_covering_part_of_the_scene_warn_in_the_default_mode(
     """Labels of the east half only: in the default mode the west half would be background."""
     east = [px_box(160, 10, 220, 100), px_box(230, 120, 290, 250)]  # box: 130 x 240 px of 300 x 260
     labels = write_labels(tmp_path / "east.gpkg", east)
-    expected = (
-        "the labels' extent covers only 40% of scene scene.tif: chips beyond it are written as "
-        "background; if fields there are unlabelled, give --label-extent (or --sparse)"
+    expected = (  # the chips of column 0 (x < 128 px) lie wholly west of the labels
+        "3 of the 9 chips of scene scene.tif lie wholly beyond the labels' extent and are "
+        "written as pure background; if fields there are unlabelled, give --label-extent "
+        "(or --sparse)"
     )
     with caplog.at_level(logging.WARNING, logger="fieldseg"):
         complete = tile_scenes(
@@ -547,6 +548,21 @@ def test_labels_covering_part_of_the_scene_warn_in_the_default_mode(
     assert sparse.warnings == []
     _, whole = _tile(basic_scene, tmp_path / "c")  # the fixture's labels span the scene
     assert not any("labels' extent" in w for w in whole.warnings)
+
+
+def test_chips_skipped_for_nodata_do_not_count_as_beyond_the_labels(
+    tmp_path: Path, scene_data: np.ndarray
+) -> None:
+    """A scene whose west third is nodata, labelled everywhere there is data: no warning."""
+    data = scene_data.copy()
+    data[:, :, :110] = 0
+    scene = write_scene(tmp_path / "edge.tif", data, nodata=0)
+    east = [px_box(160, 10, 220, 100), px_box(230, 120, 290, 250)]
+    labels = write_labels(tmp_path / "east.gpkg", east)
+    summary = tile_scenes([scene], labels, tmp_path / "ds", chip_size=CHIP, overlap=OVERLAP,
+                          split="1,0,0")  # fmt: skip
+    assert summary.skipped_nodata == 3
+    assert not any("labels' extent" in w for w in summary.warnings), summary.warnings
 
 
 # --------------------------------------------------------------------------------------------
@@ -815,7 +831,8 @@ def test_total_pixels_helper_counts_beyond_the_scene() -> None:
 
 
 def test_chip_larger_than_the_scene_is_refused(tmp_path: Path) -> None:
-    """A 160 x 160 px scene's one 256 px chip is 61 % padding: it could never be written."""
+    """A 160 x 160 px scene's one 256 px chip is 61 % padding: it could never be written. An
+    error when no scene can give a chip; a warning when another scene does."""
     field = px_box(10, 10, 50, 40)
     scene = write_scene(tmp_path / "s2.tif", paint_scene(160, 160, [field]))
     labels = write_labels(tmp_path / "f.gpkg", [field])
@@ -825,11 +842,18 @@ def test_chip_larger_than_the_scene_is_refused(tmp_path: Path) -> None:
         "--chip-size 256 is larger than s2.tif (160 x 160 px): a chip there would be more than "
         "50% padding; use a --chip-size of at most 160"
     )
-    # with a scene that is large enough beside it, only the small one is named
-    big = write_scene(tmp_path / "big.tif", paint_scene(SCENE_WIDTH, SCENE_HEIGHT, [field]))
-    with pytest.raises(ConfigError, match=r"than s2\.tif \(160 x 160 px\): a chip"):
-        tile_scenes([big, scene], labels, tmp_path / "out", chip_size=256, overlap=64)
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=r"at most 160 and a smaller --overlap$"):
+        tile_scenes([scene], labels, tmp_path / "out", chip_size=256, overlap=160)
+    # with a scene that is large enough beside it, the small one is named in a warning
+    big = write_scene(tmp_path / "big.tif", paint_scene(SCENE_WIDTH, SCENE_HEIGHT, [field]))
+    summary = tile_scenes([big, scene], labels, tmp_path / "out", chip_size=256, overlap=64,
+                          split="1,0,0")  # fmt: skip
+    assert summary.warnings[0] == (
+        "--chip-size 256 is larger than s2.tif (160 x 160 px): a chip there would be more than "
+        "50% padding, so it gives no chip"
+    )
+    assert summary.chips_written >= 1
 
 
 def test_the_same_scene_twice_is_refused(tmp_path: Path, basic_scene: SceneFixture) -> None:
