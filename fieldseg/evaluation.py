@@ -600,8 +600,9 @@ def _grid(
     typical = float(np.median(shapely.area(truth))) if len(truth) else 0.0
     if typical and typical < COARSE_GRID_PIXELS * pixel_size**2:
         logger.warning(
-            "the truth's median field is %.0f m2, %.1f grid pixels of %g m: the pixel and "
-            "boundary figures cannot tell its fields apart; use the imagery's pixel size",
+            "the truth's median field is %.0f m2, %.1f grid pixels of %g m: the figures on that "
+            "grid (pixel, boundary, mask AP) cannot tell its fields apart; use the imagery's "
+            "pixel size",
             typical, typical / pixel_size**2, pixel_size,
         )  # fmt: skip
     grid = EvaluationGrid.covering(bounds, pixel_size)

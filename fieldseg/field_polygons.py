@@ -198,11 +198,26 @@ def true_area_perimeter(polygons: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.
 
 
 def pixel_side_m(crs: CRS, transform: Affine, col: int = 0, row: int = 0) -> float:
-    """The side in metres of a square with the true area of pixel (``col``, ``row``)."""
+    """The side in metres of a square with the true area of pixel (``col``, ``row``).
+
+    Measured on the ellipsoid in every CRS, so a projection's own scale (Web Mercator's 1.5 x
+    at 48 degrees) does not count: it is the ground the pixel covers.
+    """
+    from pyproj import Transformer
+
+    crs = CRS.from_user_input(crs)
     x0, y0 = transform * (col, row)
     x1, y1 = transform * (col + 1, row + 1)
     pixel = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-    area, _ = true_area_perimeter(np.asarray([pixel], dtype=object), crs)
+    geodetic = crs.geodetic_crs or CRS.from_epsg(4326)
+    if not crs.is_geographic:
+        to_geodetic = Transformer.from_crs(crs, geodetic, always_xy=True)
+
+        def project(xy: np.ndarray) -> np.ndarray:
+            return np.column_stack(to_geodetic.transform(xy[:, 0], xy[:, 1]))
+
+        pixel = shapely.transform(shapely.segmentize(pixel, abs(x1 - x0) / 4), project)
+    area, _ = true_area_perimeter(np.asarray([pixel], dtype=object), geodetic)
     return float(np.sqrt(area[0]))
 
 

@@ -518,7 +518,7 @@ def _warn_if_statistics_differ(
         # the scale: only the median is judged there
         rescaled = (
             p98 > p2
-            and int(keep.sum()) >= SCALE_MIN_PIXELS
+            and int(keep.sum()) * scale**2 >= SCALE_MIN_PIXELS  # scene pixels, not sampled
             and not spread / SCALE_RATIO <= p98 - p2 <= spread * SCALE_RATIO
         )
         if median < low[band] - spread or median > high[band] + spread or rescaled:
@@ -567,11 +567,18 @@ def _prediction_area(
 
 def _bbox_outside(info: RasterInfo, bbox: Sequence[float]) -> str:
     """Why a bbox misses the scene: the scene's own bounds, and a hint for lon/lat."""
-    left, bottom, right, top = array_bounds(info.height, info.width, info.transform)
-    degrees = info.crs is not None and info.crs.is_projected and all(-180 <= v <= 180 for v in bbox)
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(info.crs)
+    epsg = crs.to_epsg()
+    spans = " ".join(
+        f"{v:.0f}" if crs.is_projected else f"{v:.6g}"
+        for v in array_bounds(info.height, info.width, info.transform)
+    )
+    degrees = crs.is_projected and all(-180 <= v <= 180 for v in bbox)
     return (
         f"--bbox {' '.join(f'{v:g}' for v in bbox)} does not overlap the scene {info.path}, "
-        f"which spans {left:.0f} {bottom:.0f} {right:.0f} {top:.0f} in {info.crs}"
+        f"which spans {spans} in {f'EPSG:{epsg}' if epsg else crs.name}"
         + (
             "; the bbox looks like longitude/latitude: give it in the scene's CRS"
             if degrees

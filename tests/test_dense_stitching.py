@@ -89,7 +89,7 @@ def test_blended_seams_cost_at_most_a_point_of_f1_with_noisy_maps(
 
 
 @pytest.mark.parametrize(("seed", "chip", "overlap"), [(101, 96, 32), (102, 64, 20)])
-def test_noisy_maps_through_blended_seams_meet_the_dense_target(
+def test_noisy_maps_of_small_rectangles_through_blended_seams_meet_the_dense_target(
     tmp_path: Path, seed: int, chip: int, overlap: int
 ) -> None:
     """The issue's dense noisy oracle target, F1 >= 0.95 and merged <= 1 %, through predict:
