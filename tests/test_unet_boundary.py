@@ -154,6 +154,22 @@ def test_cpu_config_builds_through_the_family_registry() -> None:
     assert isinstance(model, UNetBoundaryFieldModel)
 
 
+def test_calibration_without_a_field_to_find_is_nan_not_perfect() -> None:
+    """Finding nothing where there is nothing would score F1 1 and win the epoch selection."""
+    config = load_run_config(CPU_CONFIG)
+    spec = ModelSpec(
+        bands=BANDS, statistics=tuple(_statistics()), nodata=None, chip_size=64,
+        categories=("field",),
+    )  # fmt: skip
+    model = build_model(model_config(config.model), spec).eval()
+    before = model.extraction_params
+    image = torch.rand(len(BANDS), 64, 64) * 1000
+    empty = {"masks": torch.zeros((0, 64, 64), dtype=torch.uint8)}
+    tuned = model.calibrate([(image, empty), (image, empty)])  # type: ignore[arg-type]
+    assert set(tuned) == {"object_f1"} and np.isnan(tuned["object_f1"])
+    assert model.extraction_params == before
+
+
 # learning ---------------------------------------------------------------------------------
 
 #: Eight fields (pixel boxes c0, r0, c1, r1) over two 64 px chips, several touching.

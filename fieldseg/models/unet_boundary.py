@@ -257,7 +257,8 @@ class UNetBoundaryFieldModel(FieldModel):
     def calibrate(self, data: ChipDataset, *, batch_size: int = 4) -> dict[str, float]:
         """Tune the extraction thresholds for the best object F1 on ``data`` (the val split).
 
-        Returns the tuned values and the F1 reached, for the training log.
+        Returns the tuned values and the F1 reached, for the training log; F1 is NaN, and the
+        thresholds are kept, when the chips hold no truth field to find.
         """
         if not self.config.tune_on_val or len(data) == 0:
             return {}
@@ -276,6 +277,9 @@ class UNetBoundaryFieldModel(FieldModel):
                         truth,
                     )
                 )
+        if not any((truth > 0).any() for *_, truth in samples):
+            # nothing to find: F1 would be 1 for finding nothing, and pick this epoch as best
+            return {"object_f1": float("nan")}
         base = self.extraction_params
         tuned = [tune_params(samples, grid, base=base) for grid in CALIBRATION_GRIDS]
         params, f1 = max(tuned, key=lambda pair: pair[1])  # a tie keeps the first grid's
