@@ -24,6 +24,8 @@ from shapely.geometry.polygon import orient
 
 from fieldseg.stitching import FieldBatch
 
+#: Rounds of simplification that take spoilt small fields out before all stay exact.
+MAX_SIMPLIFY_ROUNDS = 4
 #: Output columns in order (``field_id`` is given by the writer).
 FIELD_COLUMNS = ("field_id", "score", "area_m2", "perimeter_m", "n_chips", "seam_merged",
                  "touches_edge_or_nodata", "model", "class")  # fmt: skip
@@ -63,25 +65,31 @@ class FieldTracer:
         self.categories = np.asarray(list(categories) or ["field"], dtype=object)
         self.model = model
         self.min_area_m2 = min_area_m2
-        pixel_m = pixel_m or abs(transform.a)
-        self.simplify_px = simplify_m / pixel_m if simplify_m > 0 else 0.0
+        self.pixel_m = pixel_m or abs(transform.a)
+        self.simplify_px = simplify_m / self.pixel_m if simplify_m > 0 else 0.0
         self._recent = np.zeros(0, dtype=object)  # simplified fields near the moving window
         self._recent_bottom = np.zeros(0)  # their lowest pixel row
 
     def trace(self, batch: FieldBatch) -> gpd.GeoDataFrame:
         """The polygons of one batch (see :class:`FieldBatch`)."""
-        polygons, ids = self._pieces(batch)
+        polygons, ids, exact = self._pieces(batch)
         if len(polygons) == 0:
             return empty_fields(self.crs)
-        areas = shapely.area(polygons)
+        areas = shapely.area(exact)
         order = np.lexsort((-areas, ids))  # per field, its largest piece first
         largest = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
-        polygons, ids = polygons[largest], ids[largest]
+        polygons, ids, exact = polygons[largest], ids[largest], exact[largest]
         if self.simplify_px:
             polygons = self._off_earlier_fields(polygons, batch.row_offset)
         polygons = shapely.transform(polygons, self._to_world)
         area_m2, perimeter_m = true_area_perimeter(polygons, self.crs)
-        keep = (area_m2 >= self.min_area_m2) & (area_m2 > 0)
+        # the minimum area applies to the field's pixels: simplifying never drops a field
+        size_m2 = (
+            true_area_perimeter(shapely.transform(exact, self._to_world), self.crs)[0]
+            if self.simplify_px
+            else area_m2
+        )
+        keep = (size_m2 >= self.min_area_m2) & (area_m2 > 0)
         polygons, ids = polygons[keep], ids[keep]
         area_m2, perimeter_m = area_m2[keep], perimeter_m[keep]
         class_index = np.clip(batch.class_id[ids] - 1, 0, len(self.categories) - 1)
@@ -97,8 +105,12 @@ class FieldTracer:
         })  # fmt: skip
         return gpd.GeoDataFrame(frame, geometry=polygons, crs=self.crs)
 
-    def _pieces(self, batch: FieldBatch) -> tuple[np.ndarray, np.ndarray]:
-        """Pieces of the batch's fields in area pixel coordinates, and their field index."""
+    def _pieces(self, batch: FieldBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batch's fields in area pixel coordinates.
+
+        Returns their pieces (simplified if asked), each piece's field index, and the pieces'
+        exact pixel outlines.
+        """
         shift = Affine.translation(0, batch.row_offset)
         labels = batch.labels
         # simplified, the batch's fields and the land between them are one coverage; fields
@@ -107,13 +119,42 @@ class FieldTracer:
         traced = features.shapes(labels, mask=mask, connectivity=4, transform=shift)
         polygons, values = _polygons(traced)
         values = values - 1
-        if self.simplify_px and len(polygons):
-            noded = shapely.transform(shapely.segmentize(polygons, 1.0), np.rint)  # all corners
-            simple = shapely.coverage_simplify(noded, self.simplify_px, simplify_boundary=False)
-            valid = shapely.is_valid(simple) & ~shapely.is_empty(simple)
-            polygons = shapely.simplify(np.where(valid, simple, polygons), 0.0)  # straight runs
+        exact = np.asarray(polygons, dtype=object)
+        simple = self._simplified(exact, values >= 0) if self.simplify_px and len(exact) else exact
         fields = values >= 0
-        return np.asarray(polygons, dtype=object)[fields], values[fields]
+        return simple[fields], values[fields], exact[fields]
+
+    def _simplified(self, polygons: np.ndarray, is_field: np.ndarray) -> np.ndarray:
+        """The batch's coverage simplified, small fields kept whole (pixel coordinates).
+
+        A field that simplification would spoil (invalid, empty, less than half its area left,
+        or fallen under the minimum area: a 5 px field becomes a sliver and is then dropped,
+        leaving a hole) keeps its exact pixel edges: it is taken out of the coverage and the
+        rest simplified again, so its edges are the coverage's fixed boundary, shared exactly
+        with its neighbours. Repeated until no field is spoilt.
+        """
+        noded = shapely.transform(shapely.segmentize(polygons, 1.0), np.rint)  # all corners
+        exact = shapely.area(polygons)
+        min_area_px = self.min_area_m2 / self.pixel_m**2
+        out = np.asarray(polygons, dtype=object).copy()
+        free = np.ones(len(polygons), bool)
+        for _ in range(MAX_SIMPLIFY_ROUNDS):
+            if not free.any():
+                break
+            simple = shapely.coverage_simplify(noded[free], self.simplify_px,
+                                               simplify_boundary=False)  # fmt: skip
+            area = shapely.area(simple)
+            spoilt = is_field[free] & (
+                ~shapely.is_valid(simple)
+                | shapely.is_empty(simple)
+                | (area < 0.5 * exact[free])
+                | ((area < min_area_px) & (exact[free] >= min_area_px))
+            )
+            if not spoilt.any():
+                out[free] = shapely.simplify(simple, 0.0)  # straight runs
+                return out
+            free[np.flatnonzero(free)[spoilt]] = False  # exact from now on
+        return out  # still spoilt after every round: all exact (shared edges stay shared)
 
     def _off_earlier_fields(self, polygons: np.ndarray, top: int) -> np.ndarray:
         """Cut away what simplification moved onto fields handed over before."""

@@ -224,7 +224,7 @@ def predict_scene(
         area_transform = rasterio.windows.transform(area_window, info.transform)
         height, width = int(area_window.height), int(area_window.width)
         pixel_m2 = _pixel_area_m2(info, area_window)
-        _warn_if_pixel_size_differs(net, math.sqrt(pixel_m2))
+        _warn_if_pixel_size_differs(net, _ground_pixel_m(info, area_window))
         min_area = MIN_FIELD_PIXELS * pixel_m2 if min_area_m2 is None else min_area_m2
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
@@ -588,12 +588,31 @@ def _bbox_outside(info: RasterInfo, bbox: Sequence[float]) -> str:
 
 
 def _pixel_area_m2(info: RasterInfo, window: Window) -> float:
-    """True area in m2 of the centre pixel of ``window`` (also in a geographic CRS)."""
+    """Area in m2 of the centre pixel of ``window``, measured as the output's ``area_m2`` is.
+
+    Planar in a projected CRS, ellipsoidal in a geographic one: so the default minimum area of
+    four pixels keeps a field of four pixels.
+    """
+    import shapely
+
+    from fieldseg.field_polygons import true_area_perimeter
+
+    col = int(window.col_off + window.width // 2)
+    row = int(window.row_off + window.height // 2)
+    x0, y0 = info.transform * (col, row)
+    x1, y1 = info.transform * (col + 1, row + 1)
+    pixel = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    area, _ = true_area_perimeter(np.asarray([pixel], dtype=object), info.crs)
+    return float(area[0])
+
+
+def _ground_pixel_m(info: RasterInfo, window: Window) -> float:
+    """The ground side in metres of the centre pixel of ``window`` (see ``pixel_side_m``)."""
     from fieldseg.field_polygons import pixel_side_m
 
     col = int(window.col_off + window.width // 2)
     row = int(window.row_off + window.height // 2)
-    return pixel_side_m(info.crs, info.transform, col, row) ** 2
+    return pixel_side_m(info.crs, info.transform, col, row)
 
 
 def _warn_if_pixel_size_differs(model: FieldModel, pixel_m: float) -> None:

@@ -26,7 +26,7 @@ from fieldseg.field_polygons import FIELD_COLUMNS, true_area_perimeter
 from fieldseg.inference import predict_scene
 from fieldseg.object_matching import match_objects
 from fieldseg.oracle import OracleFieldModel, write_truth_raster
-from fieldseg.raster_io import STRIP_CACHE_BOUNDS
+from fieldseg.raster_io import STRIP_CACHE_BOUNDS, write_geotiff
 from fieldseg.stitching import SceneStitcher
 from fieldseg.synthetic import synth
 from fieldseg.vector_io import read_vector
@@ -125,6 +125,55 @@ def test_simplified_neighbours_keep_sharing_their_edges(scene: OracleScene, tmp_
     assert simple["area_m2"].sum() == pytest.approx(exact["area_m2"].sum(), rel=0.01)
     truth = gpd.read_file(scene.truth)
     assert match_objects(simple.geometry.values, truth.geometry.values).f1 >= 0.99
+
+
+@pytest.mark.parametrize("simplify_m", [10.0, 20.0])
+def test_simplifying_never_loses_a_small_field(simplify_m: float) -> None:
+    """A 5 px L-shaped field between two large ones would become a sliver under the 4 px
+    minimum area and be dropped, leaving a hole: it keeps its exact edges instead."""
+    from affine import Affine
+    from pyproj import CRS
+
+    from fieldseg.field_polygons import FieldTracer
+    from fieldseg.stitching import FieldBatch
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:18, 2:9] = 1
+    labels[2:18, 11:18] = 2
+    labels[9, 7:11] = 3
+    labels[8, 10] = 3
+    batch = FieldBatch(row_offset=0, labels=labels, score=np.ones(3, np.float32),
+                       class_id=np.ones(3, np.int64), n_chips=np.ones(3, np.int32),
+                       seam_merged=np.zeros(3, bool),
+                       touches_edge_or_nodata=np.zeros(3, bool))  # fmt: skip
+
+    def trace(simplify: float) -> gpd.GeoDataFrame:
+        tracer = FieldTracer(Affine(10, 0, 500_000, 0, -10, 5_800_000), CRS.from_epsg(32633),
+                             categories=["field"], model="m", min_area_m2=400.0,
+                             simplify_m=simplify)  # fmt: skip
+        return tracer.trace(batch)
+
+    exact, simple = trace(0.0), trace(simplify_m)
+    assert simple["area_m2"].tolist() == exact["area_m2"].tolist() == [11000.0, 11200.0, 500.0]
+    assert simple.geometry.iloc[2].equals(exact.geometry.iloc[2])  # the small one exactly
+    assert overlapping_pairs(simple) == 0 and simple.geometry.is_valid.all()
+    union = shapely.union_all(simple.geometry.values)
+    assert union.symmetric_difference(shapely.union_all(exact.geometry.values)).area < 1.0
+
+
+def test_the_default_minimum_area_keeps_a_field_of_four_pixels(tmp_path: Path) -> None:
+    """On the central meridian a UTM pixel covers 100.08 m2 of ground, not its nominal 100; the
+    default minimum (four pixels) is measured as area_m2 is, so a 2 x 2 field stays."""
+    ids = np.zeros((1, 40, 40), np.int32)
+    ids[0, 10:12, 10:12] = 1
+    ids[0, 20:30, 20:30] = 2
+    path = tmp_path / "ids.tif"
+    meridian = rasterio.Affine(10, 0, 500_000, 0, -10, 5_300_000)  # scale 0.9996
+    write_geotiff(path, ids, crs="EPSG:32633", transform=meridian, band_names=["field_id"])
+    predict_scene(path, OracleFieldModel(), tmp_path / "f.gpkg", chip_size=32, overlap=8,
+                  show_progress=False)  # fmt: skip
+    fields = read_vector(tmp_path / "f.gpkg", layer="fields")
+    assert sorted(fields["area_m2"].tolist()) == [400.0, 10000.0]
 
 
 def test_existing_output_is_refused_and_a_failed_run_leaves_nothing(
