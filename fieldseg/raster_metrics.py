@@ -108,6 +108,9 @@ SIZE_BINS_HA: tuple[tuple[float, float, str], ...] = (
     (5.0, math.inf, ">5 ha"),
 )
 
+#: Share of a grid pixel within which a bound counts as lying on a grid line (a millionth: a
+#: micrometre at 1 m, far above float rounding, far below any drawn edge).
+GRID_SNAP = 1e-6
 _SQUARE_METRES_PER_HECTARE = 10_000.0
 _POLYGONAL_TYPES = (shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON)
 _FIELD_CATEGORY = {"id": 1, "name": "field"}
@@ -159,10 +162,12 @@ class EvaluationGrid:
             raise ValueError(f"bounds must be finite, got {bounds}")
         if xmin > xmax or ymin > ymax:
             raise ValueError(f"bounds must be (xmin, ymin, xmax, ymax), got {bounds}")
-        col0 = math.floor(xmin / pixel_size)
-        col1 = max(math.ceil(xmax / pixel_size), col0 + 1)
-        row_top = math.ceil(ymax / pixel_size)
-        row_bottom = min(math.floor(ymin / pixel_size), row_top - 1)
+        # a bound within GRID_SNAP of a grid line is on it: a truth reprojected there and back
+        # lands 1e-10 m off its 10 m grid, which would add a row or column of pixels
+        col0 = math.floor(xmin / pixel_size + GRID_SNAP)
+        col1 = max(math.ceil(xmax / pixel_size - GRID_SNAP), col0 + 1)
+        row_top = math.ceil(ymax / pixel_size - GRID_SNAP)
+        row_bottom = min(math.floor(ymin / pixel_size + GRID_SNAP), row_top - 1)
         transform = Affine(
             pixel_size, 0.0, col0 * pixel_size, 0.0, -pixel_size, row_top * pixel_size
         )

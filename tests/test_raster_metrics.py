@@ -176,6 +176,11 @@ def test_covering_grid_snaps_to_pixel_multiples_and_covers_the_bounds() -> None:
     assert grid.pixel_area == 100.0
     point = EvaluationGrid.covering((5.0, 5.0, 5.0, 5.0), 10.0)
     assert point.shape == (1, 1)
+    # bounds a reprojection round trip left 1e-10 m off the grid lines are on them
+    noisy = EvaluationGrid.covering(
+        (516149.9999999999, 5_799_870.0000000001, 516_200.0000000001, 5_799_999.9999999999), 10.0
+    )
+    assert noisy.transform.c == 516_150.0 and noisy.shape == (13, 5)
     with pytest.raises(ValueError, match="finite"):
         EvaluationGrid.covering(shapely.Polygon().bounds, 10.0)
     with pytest.raises(ValueError, match="pixel_size"):
