@@ -548,11 +548,11 @@ def _prediction_area(
         bounds = tuple(bbox)
     else:
         return full, None
-    # every pixel whose centre may lie inside: floor the start, ceil the end
+    # the pixels whose centres lie inside: centre of pixel i at i + 0.5
     raw = from_bounds(*bounds, transform=info.transform)
-    col0, row0 = math.floor(raw.col_off), math.floor(raw.row_off)
-    col1 = math.ceil(raw.col_off + raw.width)
-    row1 = math.ceil(raw.row_off + raw.height)
+    col0, row0 = math.ceil(raw.col_off - 0.5), math.ceil(raw.row_off - 0.5)
+    col1 = math.floor(raw.col_off + raw.width - 0.5) + 1
+    row1 = math.floor(raw.row_off + raw.height - 0.5) + 1
     window = Window(col0, row0, col1 - col0, row1 - row0)
     try:
         window = window.intersection(full)

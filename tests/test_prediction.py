@@ -226,7 +226,7 @@ def test_bbox_extent_and_debug_layers(scene: OracleScene, tmp_path: Path) -> Non
     assert (tmp_path / "aoi.gpkg").read_bytes() == aoi_bytes
 
 
-def test_a_bbox_takes_every_pixel_whose_centre_may_lie_inside(scene: OracleScene) -> None:
+def test_a_bbox_takes_the_pixels_whose_centres_lie_inside(scene: OracleScene) -> None:
     from fieldseg.inference import _prediction_area
     from fieldseg.raster_io import read_raster_info
 
@@ -234,6 +234,9 @@ def test_a_bbox_takes_every_pixel_whose_centre_may_lie_inside(scene: OracleScene
     left, top = info.transform.c, info.transform.f
     window, _ = _prediction_area(info, None, (left + 4, top - 106, left + 106, top - 4))
     assert (window.col_off, window.row_off, window.width, window.height) == (0, 0, 11, 11)
+    # centres at 5, 15, ... m: a box from 9 to 2511 m holds those of pixels 1 to 250
+    window, _ = _prediction_area(info, None, (left + 9, top - 2231, left + 2511, top - 9))
+    assert (window.col_off, window.row_off, window.width, window.height) == (1, 1, 250, 222)
 
 
 def test_nodata_is_never_a_field(tmp_path: Path) -> None:
