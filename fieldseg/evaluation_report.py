@@ -128,10 +128,15 @@ def write_error_layers(
     return path
 
 
+#: The predictions that ``plot_errors`` outlines (every kind but a match), with legend labels.
+OUTLINED_PREDICTIONS = {"fp": "false prediction", "split": "piece of a split field",
+                        "merged": "merging prediction"}  # fmt: skip
+
+
 def plot_errors(
     evaluation: FieldEvaluation, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
-    """Draw a PNG map: truth fields filled by status, false and merging predictions outlined."""
+    """Draw a PNG map: truth fields filled by status, wrong predictions outlined by kind."""
     if Path(path).suffix.lower() != ".png":
         from fieldseg.errors import ConfigError
 
@@ -152,12 +157,11 @@ def plot_errors(
         if not part.empty:
             part.plot(ax=axis, color=colour, alpha=0.55, edgecolor=colour, linewidth=0.3)
         handles.append(Patch(facecolor=colour, alpha=0.55, label=f"truth: {ERROR_LABELS[error]}"))
-    for error in ("fp", "merged"):
+    for error, label in OUTLINED_PREDICTIONS.items():
         part = predicted[predicted["error"] == error]
         colour = _rgb(ERROR_COLOURS[error])
         if not part.empty:
             part.boundary.plot(ax=axis, color=colour, linewidth=0.8)
-        label = "false prediction" if error == "fp" else "merging prediction"
         handles.append(Line2D([], [], color=colour, linewidth=1.5, label=f"outline: {label}"))
     if evaluation.extent is not None and report["label_mode"] == "label_extent":
         from geopandas import GeoSeries

@@ -390,6 +390,10 @@ def test_error_layers_are_styled_geopackage_layers(tmp_path: Path) -> None:
         write_error_layers(evaluation, tmp_path / "errors.shp")
     with pytest.raises(ConfigError, match=r"name it \*\.png"):
         evaluation.plot(tmp_path / "map.jpg")
+    from fieldseg.evaluation_report import OUTLINED_PREDICTIONS
+
+    predicted_kinds = set(evaluation.predicted["error"]) | {"tp", "fp", "split", "merged"}
+    assert set(OUTLINED_PREDICTIONS) == predicted_kinds - {"tp"}  # every wrong one is drawn
     with Image.open(evaluation.plot(tmp_path / "map.png")) as image:
         assert image.format == "PNG"
 
