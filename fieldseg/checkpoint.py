@@ -169,6 +169,17 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of a state dict holding NaN or infinity."""
+    return [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint file or a run folder's best one, safely (``weights_only=True``).
 
@@ -182,13 +193,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise InputFileError(f"{file} is not a fieldseg checkpoint")
     if data.get("format_version", 0) > CHECKPOINT_VERSION:
         raise InputFileError(f"{file} was written by a newer fieldseg; upgrade fieldseg")
-    broken = [
-        name
-        for name, value in data.get("state_dict", {}).items()
-        if isinstance(value, torch.Tensor)
-        and value.is_floating_point()
-        and not bool(torch.isfinite(value).all())
-    ]
+    broken = non_finite_tensors(data.get("state_dict", {}))
     if broken:
         raise InputFileError(
             f"{file} holds NaN or infinite weights ({len(broken)} tensors, e.g. {broken[0]}): "

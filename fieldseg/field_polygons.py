@@ -238,6 +238,13 @@ def true_area_perimeter(polygons: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.
     return shapely.area(polygons) * unit**2, shapely.length(polygons) * unit
 
 
+def pixel_polygon(transform: Affine, col: int, row: int) -> shapely.Polygon:
+    """The footprint of pixel (``col``, ``row``) in the CRS of ``transform`` (north-up)."""
+    x0, y0 = transform * (col, row)
+    x1, y1 = transform * (col + 1, row + 1)
+    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
 def pixel_side_m(crs: CRS, transform: Affine, col: int = 0, row: int = 0) -> float:
     """The side in metres of a square with the true area of pixel (``col``, ``row``).
 
@@ -247,9 +254,7 @@ def pixel_side_m(crs: CRS, transform: Affine, col: int = 0, row: int = 0) -> flo
     from pyproj import Transformer
 
     crs = CRS.from_user_input(crs)
-    x0, y0 = transform * (col, row)
-    x1, y1 = transform * (col + 1, row + 1)
-    pixel = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    pixel = pixel_polygon(transform, col, row)
     geodetic = crs.geodetic_crs or CRS.from_epsg(4326)
     if not crs.is_geographic:
         to_geodetic = Transformer.from_crs(crs, geodetic, always_xy=True)
@@ -257,7 +262,7 @@ def pixel_side_m(crs: CRS, transform: Affine, col: int = 0, row: int = 0) -> flo
         def project(xy: np.ndarray) -> np.ndarray:
             return np.column_stack(to_geodetic.transform(xy[:, 0], xy[:, 1]))
 
-        pixel = shapely.transform(shapely.segmentize(pixel, abs(x1 - x0) / 4), project)
+        pixel = shapely.transform(shapely.segmentize(pixel, abs(transform.a) / 4), project)
     area, _ = true_area_perimeter(np.asarray([pixel], dtype=object), geodetic)
     return float(np.sqrt(area[0]))
 

@@ -593,15 +593,9 @@ def _pixel_area_m2(info: RasterInfo, window: Window) -> float:
     Planar in a projected CRS, ellipsoidal in a geographic one: so the default minimum area of
     four pixels keeps a field of four pixels.
     """
-    import shapely
+    from fieldseg.field_polygons import pixel_polygon, true_area_perimeter
 
-    from fieldseg.field_polygons import true_area_perimeter
-
-    col = int(window.col_off + window.width // 2)
-    row = int(window.row_off + window.height // 2)
-    x0, y0 = info.transform * (col, row)
-    x1, y1 = info.transform * (col + 1, row + 1)
-    pixel = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    pixel = pixel_polygon(info.transform, *_centre_pixel(window))
     area, _ = true_area_perimeter(np.asarray([pixel], dtype=object), info.crs)
     return float(area[0])
 
@@ -610,9 +604,12 @@ def _ground_pixel_m(info: RasterInfo, window: Window) -> float:
     """The ground side in metres of the centre pixel of ``window`` (see ``pixel_side_m``)."""
     from fieldseg.field_polygons import pixel_side_m
 
-    col = int(window.col_off + window.width // 2)
-    row = int(window.row_off + window.height // 2)
-    return pixel_side_m(info.crs, info.transform, col, row)
+    return pixel_side_m(info.crs, info.transform, *_centre_pixel(window))
+
+
+def _centre_pixel(window: Window) -> tuple[int, int]:
+    """The scene column and row of the pixel at the centre of ``window``."""
+    return int(window.col_off + window.width // 2), int(window.row_off + window.height // 2)
 
 
 def _warn_if_pixel_size_differs(model: FieldModel, pixel_m: float) -> None:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from fieldseg.atomic_output import OutputPathError
 from fieldseg.augmentation import ChipAugmentation
-from fieldseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from fieldseg.checkpoint import BEST, LAST, load_checkpoint, non_finite_tensors, save_checkpoint
 from fieldseg.chip_dataset import ChipDataset, EmptySplitError, Target, collate_chips
 from fieldseg.coco_evaluation import evaluate_chip_predictions
 from fieldseg.dataset_description import DESCRIPTION_FILE, DatasetDescription
@@ -296,7 +296,7 @@ def _train(
         losses, out_of_time = _train_epoch(
             trainable, loader, optimizer, scaler, chosen, config, epoch, deadline, amp, ctx
         )
-        if ctx.any(not _weights_finite(trainable)):  # the last step can diverge unseen
+        if ctx.any(bool(non_finite_tensors(trainable.state_dict()))):  # a last step, unseen
             raise _diverged(f"the weights became NaN or infinite in epoch {epoch}", epoch)
         lr = optimizer.param_groups[0]["lr"]  # this epoch's scheduled rate (before warm-up)
         scheduler.step()
@@ -356,15 +356,6 @@ def _train(
         history=history,
         metric_name=model.selection_metric,
         is_main=ctx.is_main,
-    )
-
-
-def _weights_finite(model: torch.nn.Module) -> bool:
-    """Whether every floating-point weight and buffer of ``model`` is finite."""
-    return all(
-        bool(torch.isfinite(value).all())
-        for value in model.state_dict().values()
-        if value.is_floating_point()
     )
 
 
