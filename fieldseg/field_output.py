@@ -24,7 +24,7 @@ from pyproj import CRS
 
 from fieldseg.atomic_output import atomic_file, finish_then_exit
 from fieldseg.field_polygons import empty_fields
-from fieldseg.vector_io import VECTOR_DRIVERS, check_vector_format
+from fieldseg.vector_io import VECTOR_DRIVERS, check_vector_format, layer_names
 
 #: The fields layer's name (GeoPackage) and geometry type.
 FIELDS_LAYER = "fields"
@@ -82,7 +82,7 @@ class FieldWriter:
 
     def _append(self, frame: gpd.GeoDataFrame, layer: str) -> None:
         assert self._staging is not None
-        exists = self._staging.exists() and layer in _layers(self._staging)
+        exists = self._staging.exists() and layer in layer_names(self._staging)
         pyogrio.write_dataframe(frame, self._staging, layer=layer, driver="GPKG",
                                 geometry_type=GEOMETRY_TYPE, append=exists)  # fmt: skip
 
@@ -96,7 +96,7 @@ class FieldWriter:
 
     def _finish(self) -> None:
         assert self._staging is not None and self._tmp is not None
-        if not (self._staging.exists() and FIELDS_LAYER in _layers(self._staging)):
+        if not (self._staging.exists() and FIELDS_LAYER in layer_names(self._staging)):
             frame = empty_fields(self.crs)
             frame.insert(0, "field_id", pd.Series(dtype="int64"))
             self._append(frame, FIELDS_LAYER)
@@ -120,10 +120,6 @@ class FieldWriter:
                                     geometry_name=meta["geometry_name"] or "geometry")  # fmt: skip
         with contextlib.suppress(FileNotFoundError):
             self._staging.unlink()
-
-
-def _layers(path: Path) -> list[str]:
-    return [str(name) for name, _ in pyogrio.list_layers(path)]
 
 
 def _gpkg_to_geoparquet(source: Path, target: Path, crs: CRS) -> None:

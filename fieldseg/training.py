@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from fieldseg.atomic_output import OutputPathError
 from fieldseg.augmentation import ChipAugmentation
-from fieldseg.checkpoint import BEST, LAST, load_checkpoint, non_finite_tensors, save_checkpoint
+from fieldseg.checkpoint import (
+    BEST,
+    LAST,
+    file_hash,
+    load_checkpoint,
+    non_finite_tensors,
+    save_checkpoint,
+)
 from fieldseg.chip_dataset import ChipDataset, EmptySplitError, Target, collate_chips
 from fieldseg.coco_evaluation import evaluate_chip_predictions
 from fieldseg.dataset_description import DESCRIPTION_FILE, DatasetDescription
@@ -466,7 +472,7 @@ def _optional_split(dataset_dir: str | os.PathLike[str], split: str) -> ChipData
 
 def _dataset_hash(dataset_dir: str | os.PathLike[str]) -> str:
     """A short hash of the dataset's description: what a resumed run checks it goes on with."""
-    return hashlib.sha256((Path(dataset_dir) / DESCRIPTION_FILE).read_bytes()).hexdigest()[:16]
+    return file_hash(Path(dataset_dir) / DESCRIPTION_FILE)
 
 
 def _warn_if_other_dataset(state: dict[str, Any], dataset_hash: str, dataset_dir: object) -> None:

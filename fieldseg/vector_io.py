@@ -78,12 +78,17 @@ def read_vector(
     return frame
 
 
-def _check_layer(path: Path, layer: str) -> None:
-    """Refuse a layer the file does not hold, naming those it does."""
+def layer_names(path: str | os.PathLike[str]) -> list[str]:
+    """The names of a vector file's layers (tables without geometry too)."""
     import pyogrio
 
+    return [str(name) for name, _ in pyogrio.list_layers(path)]
+
+
+def _check_layer(path: Path, layer: str) -> None:
+    """Refuse a layer the file does not hold, naming those it does."""
     try:
-        names = [str(name) for name, _ in pyogrio.list_layers(path)]
+        names = layer_names(path)
     except Exception as exc:  # not a vector file: read_file says why
         raise InputFileError(f"cannot read vector file {path}: {first_line(exc)}") from exc
     if layer not in names:
