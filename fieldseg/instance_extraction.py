@@ -77,7 +77,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from fieldseg.object_matching import MAJORITY, _greedy_keep, detection_scores
+from fieldseg.object_matching import MAJORITY, DetectionCounts, _greedy_keep
 
 #: How far (px, chessboard distance) a marker's field may reach past the marker: the width of
 #: the boundary band the model is trained on (1-2 px on each field's inner edge).
@@ -188,7 +188,7 @@ class ExtractedFields:
 
 
 @dataclass(frozen=True)
-class LabelMatch:
+class LabelMatch(DetectionCounts):
     """Object-level agreement of a predicted with a truth label image at one IoU threshold.
 
     Counts only; :meth:`pooled` adds the counts of several chips, so precision, recall and F1
@@ -202,60 +202,6 @@ class LabelMatch:
     n_merged_predictions: int
     n_split_truth: int
     iou_threshold: float = 0.5
-
-    @property
-    def fp(self) -> int:
-        """Predicted fields without a matching truth field."""
-        return self.n_predicted - self.tp
-
-    @property
-    def fn(self) -> int:
-        """Truth fields without a matching predicted field."""
-        return self.n_truth - self.tp
-
-    @property
-    def precision(self) -> float:
-        """TP / n_predicted; 1 when both sets are empty, 0 when only predictions are."""
-        return detection_scores(self.tp, self.n_predicted, self.n_truth)[0]
-
-    @property
-    def recall(self) -> float:
-        """TP / n_truth; 1 when both sets are empty, 0 when only truth is."""
-        return detection_scores(self.tp, self.n_predicted, self.n_truth)[1]
-
-    @property
-    def f1(self) -> float:
-        """2 TP / (n_predicted + n_truth), the harmonic mean; 1 when both sets are empty."""
-        return detection_scores(self.tp, self.n_predicted, self.n_truth)[2]
-
-    @property
-    def merged_rate(self) -> float:
-        """Share of truth fields held by a merging prediction; 0 without truth fields."""
-        return self.n_merged_truth / self.n_truth if self.n_truth else 0.0
-
-    @property
-    def split_rate(self) -> float:
-        """Share of truth fields split between predictions; 0 without truth fields."""
-        return self.n_split_truth / self.n_truth if self.n_truth else 0.0
-
-    def metrics(self) -> dict[str, float]:
-        """The counts and scores, for reports and JSON."""
-        return {
-            "iou_threshold": self.iou_threshold,
-            "n_predicted": self.n_predicted,
-            "n_truth": self.n_truth,
-            "tp": self.tp,
-            "fp": self.fp,
-            "fn": self.fn,
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-            "n_split_truth": self.n_split_truth,
-            "split_rate": self.split_rate,
-            "n_merged_predictions": self.n_merged_predictions,
-            "n_merged_truth": self.n_merged_truth,
-            "merged_rate": self.merged_rate,
-        }
 
     @classmethod
     def pooled(cls, matches: Iterable[LabelMatch]) -> LabelMatch:

@@ -62,29 +62,22 @@ _COLLECTION_TYPE = 7
 GeometriesLike = Iterable[shapely.Geometry | None]
 
 
-@dataclass(frozen=True, eq=False)
-class ObjectMatches:
-    """The one-to-one matches at one IoU threshold, plus split and merged fields.
+class DetectionCounts:
+    """Precision, recall, F1 and error rates by rule 4, from a match's counts.
 
-    Index arrays refer to positions in the predicted and truth inputs. ``eq`` is off because
-    the fields are numpy arrays.
+    The scores of polygon matches (:class:`ObjectMatches`) and of label-image matches
+    (:class:`fieldseg.instance_extraction.LabelMatch`) come from here, so both score alike.
+    Subclasses provide ``tp``, ``n_predicted``, ``n_truth``, ``n_split_truth``,
+    ``n_merged_truth``, ``n_merged_predictions`` and ``iou_threshold``.
     """
 
+    tp: int
     n_predicted: int
     n_truth: int
-    pairs: np.ndarray  # (k, 2) int64 (prediction index, truth index), sorted by prediction
-    pair_iou: np.ndarray  # (k,) float64 IoU of each matched pair
-    split_truth: np.ndarray  # int64 truth indices, ascending
-    merged_predictions: np.ndarray  # int64 prediction indices, ascending
-    merged_truth: np.ndarray  # int64 truth indices, ascending
+    n_split_truth: int
+    n_merged_truth: int
+    n_merged_predictions: int
     iou_threshold: float
-    best_iou_predicted: np.ndarray  # (n_predicted,) best IoU with any truth field, 0 if none
-    best_iou_truth: np.ndarray  # (n_truth,) best IoU with any prediction, 0 if none
-
-    @property
-    def tp(self) -> int:
-        """Matched pairs."""
-        return len(self.pairs)
 
     @property
     def fp(self) -> int:
@@ -114,22 +107,15 @@ class ObjectMatches:
     @property
     def split_rate(self) -> float:
         """Share of truth fields that are split; 0 without truth fields."""
-        return len(self.split_truth) / self.n_truth if self.n_truth else 0.0
+        return self.n_split_truth / self.n_truth if self.n_truth else 0.0
 
     @property
     def merged_rate(self) -> float:
         """Share of truth fields held by a merging prediction; 0 without truth fields."""
-        return len(self.merged_truth) / self.n_truth if self.n_truth else 0.0
-
-    @property
-    def matched_truth_of(self) -> np.ndarray:
-        """For each prediction the index of its matched truth field, or -1."""
-        out = np.full(self.n_predicted, -1, dtype=np.int64)
-        out[self.pairs[:, 0]] = self.pairs[:, 1]
-        return out
+        return self.n_merged_truth / self.n_truth if self.n_truth else 0.0
 
     def metrics(self) -> dict[str, float]:
-        """The scalar scores, for reports and JSON."""
+        """The counts and scores, for reports and JSON."""
         return {
             "iou_threshold": self.iou_threshold,
             "n_predicted": self.n_predicted,
@@ -140,12 +126,59 @@ class ObjectMatches:
             "precision": self.precision,
             "recall": self.recall,
             "f1": self.f1,
-            "n_split_truth": len(self.split_truth),
+            "n_split_truth": self.n_split_truth,
             "split_rate": self.split_rate,
-            "n_merged_predictions": len(self.merged_predictions),
-            "n_merged_truth": len(self.merged_truth),
+            "n_merged_predictions": self.n_merged_predictions,
+            "n_merged_truth": self.n_merged_truth,
             "merged_rate": self.merged_rate,
         }
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectMatches(DetectionCounts):
+    """The one-to-one matches at one IoU threshold, plus split and merged fields.
+
+    Index arrays refer to positions in the predicted and truth inputs. ``eq`` is off because
+    the fields are numpy arrays.
+    """
+
+    n_predicted: int
+    n_truth: int
+    pairs: np.ndarray  # (k, 2) int64 (prediction index, truth index), sorted by prediction
+    pair_iou: np.ndarray  # (k,) float64 IoU of each matched pair
+    split_truth: np.ndarray  # int64 truth indices, ascending
+    merged_predictions: np.ndarray  # int64 prediction indices, ascending
+    merged_truth: np.ndarray  # int64 truth indices, ascending
+    iou_threshold: float
+    best_iou_predicted: np.ndarray  # (n_predicted,) best IoU with any truth field, 0 if none
+    best_iou_truth: np.ndarray  # (n_truth,) best IoU with any prediction, 0 if none
+
+    @property
+    def tp(self) -> int:
+        """Matched pairs."""
+        return len(self.pairs)
+
+    @property
+    def n_split_truth(self) -> int:
+        """Truth fields split between predictions."""
+        return len(self.split_truth)
+
+    @property
+    def n_merged_truth(self) -> int:
+        """Truth fields held by a merging prediction."""
+        return len(self.merged_truth)
+
+    @property
+    def n_merged_predictions(self) -> int:
+        """Predictions that hold two or more truth fields."""
+        return len(self.merged_predictions)
+
+    @property
+    def matched_truth_of(self) -> np.ndarray:
+        """For each prediction the index of its matched truth field, or -1."""
+        out = np.full(self.n_predicted, -1, dtype=np.int64)
+        out[self.pairs[:, 0]] = self.pairs[:, 1]
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -431,13 +464,6 @@ def _greedy_keep(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
             used_pred.add(p)
             used_truth.add(t)
     return keep
-
-
-def detection_scores(tp: int, n_predicted: int, n_truth: int) -> tuple[float, float, float]:
-    """Precision, recall and F1 of ``tp`` matches by rule 4 (both sets empty: all 1)."""
-    precision = _ratio(tp, n_predicted, both_empty=n_truth == 0)
-    recall = _ratio(tp, n_truth, both_empty=n_predicted == 0)
-    return precision, recall, _f1(tp, n_predicted, n_truth)
 
 
 def _ratio(count: int, total: int, *, both_empty: bool) -> float:
