@@ -166,6 +166,8 @@ class DenseBlender:
         weak = closed & np.r_[False, np.asarray(fields.scores) < self.score_threshold][labels]
         closed &= ~weak
         batch = self._batch(labels, closed, fields.scores, open_fields)
+        if batch is not None and not final:
+            batch.later_from = self.top + carry_from
         # keep the rows from carry_from on; mark handed-over pixels done
         self._done[:rows] |= closed | weak  # weak fields are dropped for good
         keep = slice(carry_from, None)

@@ -69,20 +69,52 @@ class FieldTracer:
         self.simplify_px = simplify_m / self.pixel_m if simplify_m > 0 else 0.0
         self._recent = np.zeros(0, dtype=object)  # simplified fields near the moving window
         self._recent_bottom = np.zeros(0)  # their lowest pixel row
+        self._held = np.zeros(0, dtype=object)  # exact fields a later field may still touch
+        self._held_frame = _empty_attributes()
 
     def trace(self, batch: FieldBatch) -> gpd.GeoDataFrame:
-        """The polygons of one batch (see :class:`FieldBatch`)."""
+        """The polygons of one batch (see :class:`FieldBatch`) that are ready to be written.
+
+        Exact outlines are noded: a field that a later batch's field may still touch (it ends
+        on the row above ``batch.later_from``) is held back until that neighbour is traced, so
+        that each gets the other's vertices on their shared edge. :meth:`finish` hands over
+        the fields still held.
+        """
+        polygons, frame = self._traced(batch)
+        if self.simplify_px:  # a simplified batch keeps its own vertices (class docstring)
+            return self._georeferenced(polygons, frame)
+        if len(self._held):
+            polygons = np.concatenate([self._held, polygons])
+            frame = pd.concat([self._held_frame, frame], ignore_index=True)
+        held = _noded(polygons)
+        ready = (
+            np.ones(len(held), bool)
+            if batch.later_from is None
+            else shapely.bounds(held)[:, 3] < batch.later_from
+        )
+        self._held, self._held_frame = held[~ready], frame[~ready].reset_index(drop=True)
+        return self._georeferenced(held[ready], frame[ready].reset_index(drop=True))
+
+    def finish(self) -> gpd.GeoDataFrame:
+        """The fields still held back (call once the last batch is traced)."""
+        out = self._georeferenced(self._held, self._held_frame)
+        self._held, self._held_frame = np.zeros(0, dtype=object), _empty_attributes()
+        return out
+
+    def _traced(self, batch: FieldBatch) -> tuple[np.ndarray, pd.DataFrame]:
+        """The batch's fields in area pixel coordinates, and their attributes."""
         polygons, ids, exact = self._pieces(batch)
         if len(polygons) == 0:
-            return empty_fields(self.crs)
+            return polygons, _empty_attributes()
         areas = shapely.area(exact)
         order = np.lexsort((-areas, ids))  # per field, its largest piece first
         largest = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
         polygons, ids, exact = polygons[largest], ids[largest], exact[largest]
         if self.simplify_px:
             polygons = self._off_earlier_fields(polygons, batch.row_offset)
-        polygons = shapely.transform(polygons, self._to_world)
-        area_m2, perimeter_m = true_area_perimeter(polygons, self.crs)
+        area_m2, perimeter_m = true_area_perimeter(
+            shapely.transform(polygons, self._to_world), self.crs
+        )
         # the minimum area applies to the field's pixels: simplifying never drops a field
         size_m2 = (
             true_area_perimeter(shapely.transform(exact, self._to_world), self.crs)[0]
@@ -91,19 +123,25 @@ class FieldTracer:
         )
         keep = (size_m2 >= self.min_area_m2) & (area_m2 > 0)
         polygons, ids = polygons[keep], ids[keep]
-        area_m2, perimeter_m = area_m2[keep], perimeter_m[keep]
         class_index = np.clip(batch.class_id[ids] - 1, 0, len(self.categories) - 1)
         frame = pd.DataFrame({
             "score": batch.score[ids].astype(np.float64).round(4),
-            "area_m2": area_m2.round(2),
-            "perimeter_m": perimeter_m.round(2),
+            "area_m2": area_m2[keep].round(2),
+            "perimeter_m": perimeter_m[keep].round(2),
             "n_chips": batch.n_chips[ids].astype(np.int32),
             "seam_merged": batch.seam_merged[ids],
             "touches_edge_or_nodata": batch.touches_edge_or_nodata[ids],
             "model": self.model,
             "class": self.categories[class_index],
         })  # fmt: skip
-        return gpd.GeoDataFrame(frame, geometry=polygons, crs=self.crs)
+        return polygons, frame
+
+    def _georeferenced(self, polygons: np.ndarray, frame: pd.DataFrame) -> gpd.GeoDataFrame:
+        """Pixel-coordinate polygons and their attributes as a frame in the scene CRS."""
+        if len(polygons) == 0:
+            return empty_fields(self.crs)
+        world = shapely.transform(polygons, self._to_world)
+        return gpd.GeoDataFrame(frame, geometry=world, crs=self.crs)
 
     def _pieces(self, batch: FieldBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The batch's fields in area pixel coordinates.
@@ -210,7 +248,12 @@ def _largest_polygon(geometry: object) -> object:
 
 def empty_fields(crs: CRS) -> gpd.GeoDataFrame:
     """A frame with the output columns and no rows."""
-    frame = pd.DataFrame({
+    return gpd.GeoDataFrame(_empty_attributes(), geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def _empty_attributes() -> pd.DataFrame:
+    """The attribute columns (all but ``field_id`` and the geometry) with no rows."""
+    return pd.DataFrame({
         "score": pd.Series(dtype="float64"),
         "area_m2": pd.Series(dtype="float64"),
         "perimeter_m": pd.Series(dtype="float64"),
@@ -220,7 +263,47 @@ def empty_fields(crs: CRS) -> gpd.GeoDataFrame:
         "model": pd.Series(dtype="object"),
         "class": pd.Series(dtype="object"),
     })  # fmt: skip
-    return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def _noded(polygons: np.ndarray) -> np.ndarray:
+    """Exact pixel outlines, each given every vertex of the others that lies on its edges.
+
+    Traced outlines have vertices only where they turn, so where a field's corner meets the
+    straight edge of its neighbour (a T junction) the neighbour has no vertex there: the two
+    shared edges differ, which is not a valid coverage, and reprojecting them opens slivers.
+    Outlines run along pixel corners, so each edge is walked corner by corner and keeps the
+    corners that are a vertex of any outline.
+    """
+    if len(polygons) == 0:
+        return polygons
+    kind, points, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(polygons)
+    corners = np.rint(points).astype(np.int64)  # (x column, y row), whole numbers
+    low = corners.min(axis=0)
+    corners -= low
+    width = int(corners[:, 0].max()) + 1
+    is_vertex = np.zeros(int(corners[:, 1].max() + 1) * width, bool)
+    flat = corners[:, 1] * width + corners[:, 0]
+    is_vertex[flat] = True
+    # every edge from a ring's point to the next (not from its closing point), corner by corner
+    is_last = np.zeros(len(flat), bool)
+    is_last[ring_offsets[1:] - 1] = True
+    start = flat[~is_last]
+    step = corners[1:][~is_last[:-1]] - corners[~is_last]
+    length = np.abs(step).sum(axis=1)  # edges are axis-parallel
+    unit = (step[:, 1] * width + step[:, 0]) // np.maximum(length, 1)
+    edge = np.repeat(np.arange(len(start)), length)
+    k = np.arange(len(edge)) - np.repeat(np.cumsum(length) - length, length)
+    walked = start[edge] + unit[edge] * k
+    keep = is_vertex[walked]  # each edge's start is a vertex: kept
+    kept = walked[keep]
+    # close each ring again with its first point
+    ring_walk = np.r_[0, np.cumsum(length)][ring_offsets - np.arange(len(ring_offsets))]
+    kept_per_ring = np.diff(np.r_[0, np.cumsum(keep)][ring_walk])
+    ends = np.cumsum(kept_per_ring)
+    closed = np.insert(kept, ends, kept[ends - kept_per_ring])
+    offsets = np.r_[0, ends + np.arange(1, len(ends) + 1)]
+    xy = np.column_stack([closed % width, closed // width]) + low
+    return shapely.from_ragged_array(kind, xy.astype(np.float64), (offsets, polygon_offsets))
 
 
 def true_area_perimeter(polygons: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:

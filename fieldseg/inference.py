@@ -314,6 +314,9 @@ def predict_scene(
                 timings["stitch"] += time.perf_counter() - tick
                 if batch is not None:
                     _write_batch(batch, writer, tracer, timings)
+            tick = time.perf_counter()
+            writer.write(tracer.finish())
+            timings["write"] += time.perf_counter() - tick
             if n_skipped == len(rows) * len(cols):
                 raise InputFileError(
                     f"{info.path} holds no data in the area to predict (every pixel is nodata"

@@ -44,6 +44,8 @@ class FieldBatch:
         seam_merged: (K,) bool: pieces cut by chip edges were joined: the field's pixels come
             from two or more chips, and at least one chip's edge cut its piece of the field.
         touches_edge_or_nodata: (K,) bool: the field touches nodata or the predicted area's edge.
+        later_from: later batches hold fields only in rows from this scene row on (None: no
+            later batch does). A field ending two rows above it can have no later neighbour.
     """
 
     row_offset: int
@@ -53,6 +55,7 @@ class FieldBatch:
     n_chips: np.ndarray
     seam_merged: np.ndarray
     touches_edge_or_nodata: np.ndarray
+    later_from: int | None = None
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
@@ -353,6 +356,8 @@ class SceneStitcher:
         members = members[members > 0]
         first_open = int(inst.min_row[members].min()) if members.size else below
         self._trim(max(0, min(first_open, below) - 1))
+        if batch is not None:
+            batch.later_from = min(first_open, below)
         return batch
 
     def finish(self) -> FieldBatch | None:

@@ -68,6 +68,7 @@ def test_blended_seams_cost_nothing_with_exact_maps(
     # 1-2 px side by side are all boundary) come out together
     assert matches.f1 >= 0.96, matches.metrics()
     assert overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
+    assert shapely.coverage_is_valid(fields.geometry.values)  # noded across batches too
     assert fields["seam_merged"].any() and (fields["n_chips"] >= 2).any()
     assert fields["model"].unique().tolist() == ["dense_oracle"]
 

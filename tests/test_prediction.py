@@ -8,26 +8,29 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import rasterio
 import shapely
 import torch
+from affine import Affine
 from conftest import OracleScene, assert_user_error, overlapping_pairs, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyproj import CRS
 from rasterio import features
 
 from fieldseg.atomic_output import OutputPathError
 from fieldseg.chip_grid import chip_starts
 from fieldseg.chip_resolution import resolve_chip
 from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
-from fieldseg.field_polygons import FIELD_COLUMNS, true_area_perimeter
+from fieldseg.field_polygons import FIELD_COLUMNS, FieldTracer, pixel_side_m, true_area_perimeter
 from fieldseg.inference import predict_scene
 from fieldseg.object_matching import match_objects
 from fieldseg.oracle import OracleFieldModel, write_truth_raster
 from fieldseg.raster_io import STRIP_CACHE_BOUNDS, write_geotiff
-from fieldseg.stitching import SceneStitcher
+from fieldseg.stitching import FieldBatch, SceneStitcher
 from fieldseg.synthetic import synth
 from fieldseg.vector_io import read_vector
 
@@ -53,6 +56,9 @@ def test_exact_oracle_gives_the_truth_back(scene: OracleScene, tmp_path: Path, c
     assert overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
     assert fields.crs == truth.crs
     assert fields["seam_merged"].any() and (fields["n_chips"] >= 2).any()
+    # a noded coverage: neighbours share their vertices too, so reprojecting opens no sliver
+    assert shapely.coverage_is_valid(fields.geometry.values)
+    assert overlapping_pairs(fields.to_crs("EPSG:4326")) == 0
 
 
 def test_the_oracle_predicts_without_warnings(
@@ -102,14 +108,17 @@ def test_outputs_in_every_format_hold_the_same_fields(scene: OracleScene, tmp_pa
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
 
 
-def _shared_edges(frame: gpd.GeoDataFrame) -> dict[tuple[int, int], float]:
+def _shared_edges(frame: gpd.GeoDataFrame, ids: np.ndarray) -> dict[tuple[int, int], float]:
+    """Length of the edge shared by each pair of fields (their ``ids``; overlaps count 1e9)."""
     geometries = frame.geometry.values
     a, b = shapely.STRtree(geometries).query(geometries, predicate="intersects")
     a, b = a[a < b], b[a < b]
     common = shapely.intersection(geometries[a], geometries[b])
-    ids = frame["field_id"].to_numpy()
-    return {(int(ids[i]), int(ids[j])): float(shapely.length(c)) + float(shapely.area(c)) * 1e9
-            for i, j, c in zip(a, b, common, strict=True)}  # fmt: skip
+    return {
+        (min(int(ids[i]), int(ids[j])), max(int(ids[i]), int(ids[j]))): float(shapely.length(c))
+        + float(shapely.area(c)) * 1e9
+        for i, j, c in zip(a, b, common, strict=True)
+    }
 
 
 def test_simplified_neighbours_keep_sharing_their_edges(scene: OracleScene, tmp_path: Path) -> None:
@@ -118,7 +127,13 @@ def test_simplified_neighbours_keep_sharing_their_edges(scene: OracleScene, tmp_
     assert len(simple) == len(exact) and simple.geometry.is_valid.all()
     vertices = shapely.get_num_coordinates(simple.geometry.values).sum()
     assert vertices < 0.7 * shapely.get_num_coordinates(exact.geometry.values).sum()
-    shared_exact, shared_simple = _shared_edges(exact), _shared_edges(simple)
+    # each simplified field is known by the exact field it overlaps most
+    pairs = match_objects(simple.geometry.values, exact.geometry.values).pairs
+    assert len(pairs) == len(exact)
+    same = np.empty(len(simple), np.int64)
+    same[pairs[:, 0]] = exact["field_id"].to_numpy()[pairs[:, 1]]
+    shared_exact = _shared_edges(exact, exact["field_id"].to_numpy())
+    shared_simple = _shared_edges(simple, same)
     assert all(length < 1e6 for length in shared_simple.values())  # no overlap anywhere
     edges = {pair for pair, length in shared_exact.items() if length >= 10}
     assert all(shared_simple.get(pair, 0) > 0 for pair in edges)  # neighbours still share
@@ -131,12 +146,6 @@ def test_simplified_neighbours_keep_sharing_their_edges(scene: OracleScene, tmp_
 def test_simplifying_never_loses_a_small_field(simplify_m: float) -> None:
     """A 5 px L-shaped field between two large ones would become a sliver under the 4 px
     minimum area and be dropped, leaving a hole: it keeps its exact edges instead."""
-    from affine import Affine
-    from pyproj import CRS
-
-    from fieldseg.field_polygons import FieldTracer
-    from fieldseg.stitching import FieldBatch
-
     labels = np.zeros((20, 20), np.int32)
     labels[2:18, 2:9] = 1
     labels[2:18, 11:18] = 2
@@ -374,6 +383,9 @@ def test_exact_oracle_partition_survives_any_grid(
             pieces[features.rasterize([geometry], out_shape=truth.shape) > 0] = count
     oracle = OracleFieldModel()
     stitcher = SceneStitcher(size, size, overlap=min(overlap, chip - 1))
+    tracer = FieldTracer(Affine(10, 0, 0, 0, -10, 0), CRS.from_epsg(32633), categories=["field"],
+                         model="oracle")  # fmt: skip
+    traced = []
     starts = chip_starts(size, chip, chip - min(overlap, chip - 1))
     result = np.zeros_like(truth)
     offset = 0
@@ -390,10 +402,15 @@ def test_exact_oracle_partition_survives_any_grid(
             assert not (band[batch.labels > 0] > 0).any()
             band[batch.labels > 0] = batch.labels[batch.labels > 0] + offset
             offset += len(batch)
+            traced.append(tracer.trace(batch))
+    traced.append(tracer.finish())
     # the same partition as the truth pieces, up to renumbering
     assert np.array_equal(result > 0, pieces > 0)
     pairs = set(zip(result[pieces > 0].tolist(), pieces[pieces > 0].tolist(), strict=True))
     assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == count
+    # traced batch by batch, with fields held back for later neighbours: a noded coverage
+    polygons = pd.concat(traced).geometry.values
+    assert len(polygons) == count and shapely.coverage_is_valid(polygons)
 
 
 class _CacheWatchingOracle(OracleFieldModel):
@@ -580,11 +597,6 @@ def test_pixels_of_another_size_than_the_trained_ones_are_warned_about(
 
 
 def test_a_pixel_is_measured_on_the_ground_in_any_crs() -> None:
-    from affine import Affine
-    from pyproj import CRS
-
-    from fieldseg.field_polygons import pixel_side_m
-
     at_equator = Affine(1e-4, 0, 10.0, 0, -1e-4, 0.0005)  # about 11.1 m
     assert pixel_side_m(CRS.from_epsg(4326), at_equator, 0, 0) == pytest.approx(11.1, rel=0.01)
     utm = Affine(10, 0, 500_000, 0, -10, 5_300_000)  # on the central meridian: scale 0.9996
