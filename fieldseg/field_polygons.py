@@ -69,43 +69,47 @@ class FieldTracer:
         self.simplify_px = simplify_m / self.pixel_m if simplify_m > 0 else 0.0
         self._recent = np.zeros(0, dtype=object)  # simplified fields near the moving window
         self._recent_bottom = np.zeros(0)  # their lowest pixel row
-        self._held = np.zeros(0, dtype=object)  # exact fields a later field may still touch
+        self._held = np.zeros(0, dtype=object)  # fields a later field may still touch
+        self._held_bottom = np.zeros(0)  # their pixels' lowest line
         self._held_frame = _empty_attributes()
 
     def trace(self, batch: FieldBatch) -> gpd.GeoDataFrame:
         """The polygons of one batch (see :class:`FieldBatch`) that are ready to be written.
 
-        Exact outlines are noded: a field that a later batch's field may still touch (it ends
-        on the row above ``batch.later_from``) is held back until that neighbour is traced, so
-        that each gets the other's vertices on their shared edge. :meth:`finish` hands over
-        the fields still held.
+        Outlines are noded: a field that a later batch's field may still touch (its pixels
+        reach the row above ``batch.later_from``) is held back until that neighbour is traced,
+        so that each gets the other's vertices on their shared edge. :meth:`finish` hands
+        over the fields still held.
         """
-        polygons, frame = self._traced(batch)
-        if self.simplify_px:  # a simplified batch keeps its own vertices (class docstring)
-            return self._georeferenced(polygons, frame)
+        polygons, frame, bottom = self._traced(batch)
         if len(self._held):
             polygons = np.concatenate([self._held, polygons])
             frame = pd.concat([self._held_frame, frame], ignore_index=True)
-        held = _noded(polygons)
-        ready = (
-            np.ones(len(held), bool)
-            if batch.later_from is None
-            else shapely.bounds(held)[:, 3] < batch.later_from
-        )
-        self._held, self._held_frame = held[~ready], frame[~ready].reset_index(drop=True)
-        return self._georeferenced(held[ready], frame[ready].reset_index(drop=True))
+            bottom = np.concatenate([self._held_bottom, bottom])
+        polygons = _noded(polygons)
+        ready = np.ones(len(polygons), bool) if batch.later_from is None else (
+            bottom < batch.later_from
+        )  # fmt: skip
+        self._held, self._held_bottom = polygons[~ready], bottom[~ready]
+        self._held_frame = frame[~ready].reset_index(drop=True)
+        return self._georeferenced(polygons[ready], frame[ready].reset_index(drop=True))
 
     def finish(self) -> gpd.GeoDataFrame:
         """The fields still held back (call once the last batch is traced)."""
         out = self._georeferenced(self._held, self._held_frame)
-        self._held, self._held_frame = np.zeros(0, dtype=object), _empty_attributes()
+        self._held, self._held_bottom = np.zeros(0, dtype=object), np.zeros(0)
+        self._held_frame = _empty_attributes()
         return out
 
-    def _traced(self, batch: FieldBatch) -> tuple[np.ndarray, pd.DataFrame]:
-        """The batch's fields in area pixel coordinates, and their attributes."""
+    def _traced(self, batch: FieldBatch) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+        """The batch's fields in area pixel coordinates, their attributes and lowest lines.
+
+        The lowest line (the bottom edge of the field's lowest pixel row) is its pixels', also
+        where simplifying moved the outline.
+        """
         polygons, ids, exact = self._pieces(batch)
         if len(polygons) == 0:
-            return polygons, _empty_attributes()
+            return polygons, _empty_attributes(), np.zeros(0)
         areas = shapely.area(exact)
         order = np.lexsort((-areas, ids))  # per field, its largest piece first
         largest = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
@@ -122,7 +126,7 @@ class FieldTracer:
             else area_m2
         )
         keep = (size_m2 >= self.min_area_m2) & (area_m2 > 0)
-        polygons, ids = polygons[keep], ids[keep]
+        polygons, ids, bottom = polygons[keep], ids[keep], shapely.bounds(exact[keep])[:, 3]
         class_index = np.clip(batch.class_id[ids] - 1, 0, len(self.categories) - 1)
         frame = pd.DataFrame({
             "score": batch.score[ids].astype(np.float64).round(4),
@@ -134,7 +138,7 @@ class FieldTracer:
             "model": self.model,
             "class": self.categories[class_index],
         })  # fmt: skip
-        return polygons, frame
+        return polygons, frame, bottom
 
     def _georeferenced(self, polygons: np.ndarray, frame: pd.DataFrame) -> gpd.GeoDataFrame:
         """Pixel-coordinate polygons and their attributes as a frame in the scene CRS."""
@@ -174,7 +178,7 @@ class FieldTracer:
         noded = shapely.transform(shapely.segmentize(polygons, 1.0), np.rint)  # all corners
         exact = shapely.area(polygons)
         min_area_px = self.min_area_m2 / self.pixel_m**2
-        out = np.asarray(polygons, dtype=object).copy()
+        out = noded.copy()
         free = np.ones(len(polygons), bool)
         for _ in range(MAX_SIMPLIFY_ROUNDS):
             if not free.any():
@@ -189,10 +193,11 @@ class FieldTracer:
                 | ((area < min_area_px) & (exact[free] >= min_area_px))
             )
             if not spoilt.any():
-                out[free] = shapely.simplify(simple, 0.0)  # straight runs
-                return out
+                out[free] = simple
+                return _straight_runs_removed(out)
             free[np.flatnonzero(free)[spoilt]] = False  # exact from now on
-        return out  # still spoilt after every round: all exact (shared edges stay shared)
+        # still spoilt after every round: all exact (shared edges stay shared)
+        return _straight_runs_removed(out)
 
     def _off_earlier_fields(self, polygons: np.ndarray, top: int) -> np.ndarray:
         """Cut away what simplification moved onto fields handed over before."""
@@ -266,44 +271,94 @@ def _empty_attributes() -> pd.DataFrame:
 
 
 def _noded(polygons: np.ndarray) -> np.ndarray:
-    """Exact pixel outlines, each given every vertex of the others that lies on its edges.
+    """Outlines on the pixel grid, each given every vertex of the others that lies on its edges.
 
     Traced outlines have vertices only where they turn, so where a field's corner meets the
     straight edge of its neighbour (a T junction) the neighbour has no vertex there: the two
     shared edges differ, which is not a valid coverage, and reprojecting them opens slivers.
-    Outlines run along pixel corners, so each edge is walked corner by corner and keeps the
-    corners that are a vertex of any outline.
+    Edges along the pixel grid (all of an exact outline's) are walked corner by corner and
+    keep the corners that are a vertex of any outline; other edges (simplified ones, already
+    noded as a coverage) and vertices off the grid are left as they are.
     """
     if len(polygons) == 0:
         return polygons
     kind, points, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(polygons)
-    corners = np.rint(points).astype(np.int64)  # (x column, y row), whole numbers
+    corners = np.rint(points).astype(np.int64)  # (x column, y row)
+    on_grid = (corners == points).all(axis=1)
     low = corners.min(axis=0)
     corners -= low
     width = int(corners[:, 0].max()) + 1
-    is_vertex = np.zeros(int(corners[:, 1].max() + 1) * width, bool)
     flat = corners[:, 1] * width + corners[:, 0]
-    is_vertex[flat] = True
-    # every edge from a ring's point to the next (not from its closing point), corner by corner
+    is_vertex = np.zeros(int(flat.max()) + 1, bool)
+    is_vertex[flat[on_grid]] = True
+    # every edge from a ring's point to the next (not from its closing point)
     is_last = np.zeros(len(flat), bool)
     is_last[ring_offsets[1:] - 1] = True
-    start = flat[~is_last]
-    step = corners[1:][~is_last[:-1]] - corners[~is_last]
-    length = np.abs(step).sum(axis=1)  # edges are axis-parallel
-    unit = (step[:, 1] * width + step[:, 0]) // np.maximum(length, 1)
-    edge = np.repeat(np.arange(len(start)), length)
+    source = np.flatnonzero(~is_last)
+    step = corners[source + 1] - corners[source]
+    along_grid = on_grid[source] & on_grid[source + 1] & (step.min(axis=1) * step.max(axis=1) == 0)
+    length = np.where(along_grid, np.abs(step).sum(axis=1), 1).clip(min=1)
+    unit = np.where(along_grid, (step[:, 1] * width + step[:, 0]) // length, 0)
+    edge = np.repeat(np.arange(len(source)), length)
     k = np.arange(len(edge)) - np.repeat(np.cumsum(length) - length, length)
-    walked = start[edge] + unit[edge] * k
-    keep = is_vertex[walked]  # each edge's start is a vertex: kept
-    kept = walked[keep]
+    walked = flat[source][edge] + unit[edge] * k
+    start = k == 0
+    keep = start | is_vertex[walked]  # an edge's start is its own vertex
+    walked = walked[keep]
+    kept = np.column_stack([walked % width, walked // width]).astype(np.float64) + low
+    kept[start[keep]] = points[source]  # as they were (off the grid too)
     # close each ring again with its first point
     ring_walk = np.r_[0, np.cumsum(length)][ring_offsets - np.arange(len(ring_offsets))]
     kept_per_ring = np.diff(np.r_[0, np.cumsum(keep)][ring_walk])
     ends = np.cumsum(kept_per_ring)
-    closed = np.insert(kept, ends, kept[ends - kept_per_ring])
+    closed = np.insert(kept, ends, kept[ends - kept_per_ring], axis=0)
     offsets = np.r_[0, ends + np.arange(1, len(ends) + 1)]
-    xy = np.column_stack([closed % width, closed // width]) + low
-    return shapely.from_ragged_array(kind, xy.astype(np.float64), (offsets, polygon_offsets))
+    return shapely.from_ragged_array(kind, closed, (offsets, polygon_offsets))
+
+
+def _straight_runs_removed(polygons: np.ndarray) -> np.ndarray:
+    """A simplified batch coverage without the vertices that lie in a straight run.
+
+    Coverage simplification keeps every pixel corner it does not move, so long straight edges
+    keep a vertex per pixel. A vertex is dropped where it lies straight between its ring
+    neighbours and at most two polygons of the coverage have it: inside the coverage that is
+    one edge, the same for both sides, so both drop it; on its boundary (the area's edge, or
+    fields of other batches, whose edges stay exact) :func:`_noded` puts back the vertices that
+    fields on the other side have. A vertex of three or more polygons is a node and stays.
+    """
+    if len(polygons) == 0:
+        return polygons
+    kind, points, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(polygons)
+    corners = np.rint(points).astype(np.int64)  # coverage simplification keeps pixel corners
+    n_rings = len(ring_offsets) - 1
+    ring_length = np.diff(ring_offsets) - 1  # distinct points per ring (less the closing one)
+    ring = np.repeat(np.arange(n_rings), ring_length)
+    first = np.repeat(ring_offsets[:-1], ring_length)
+    point = first + np.arange(len(ring)) - np.repeat(np.cumsum(ring_length) - ring_length,
+                                                     ring_length)  # fmt: skip
+    length = ring_length[ring]
+    previous = first + (point - first - 1) % length
+    following = first + (point - first + 1) % length
+    before, after = corners[point] - corners[previous], corners[following] - corners[point]
+    straight = (before[:, 0] * after[:, 1] == before[:, 1] * after[:, 0]) & (
+        (before * after).sum(axis=1) > 0
+    )
+    # how many polygons have each point as a vertex
+    polygon_of_ring = np.repeat(np.arange(len(polygon_offsets) - 1), np.diff(polygon_offsets))
+    low = corners.min(axis=0)
+    key = (corners[point, 1] - low[1]) * (corners[:, 0].max() - low[0] + 1) + (
+        corners[point, 0] - low[0]
+    )
+    owner_key = np.unique(np.column_stack([key, polygon_of_ring[ring]]), axis=0)[:, 0]
+    keys, owners = np.unique(owner_key, return_counts=True)
+    shared_by = owners[np.searchsorted(keys, key)]
+    drop = straight & (shared_by <= 2)
+    kept, kept_ring = point[~drop], ring[~drop]
+    per_ring = np.bincount(kept_ring, minlength=n_rings)
+    ends = np.cumsum(per_ring)
+    closed = np.insert(kept, ends, kept[ends - per_ring])
+    offsets = np.r_[0, ends + np.arange(1, n_rings + 1)]
+    return shapely.from_ragged_array(kind, points[closed], (offsets, polygon_offsets))
 
 
 def true_area_perimeter(polygons: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:

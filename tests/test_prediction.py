@@ -125,6 +125,7 @@ def test_simplified_neighbours_keep_sharing_their_edges(scene: OracleScene, tmp_
     exact = _predict(scene, tmp_path / "exact.gpkg", chip_size=64, overlap=16)
     simple = _predict(scene, tmp_path / "simple.gpkg", chip_size=64, overlap=16, simplify_m=20)
     assert len(simple) == len(exact) and simple.geometry.is_valid.all()
+    assert shapely.coverage_is_valid(simple.geometry.values)  # noded, also between batches
     vertices = shapely.get_num_coordinates(simple.geometry.values).sum()
     assert vertices < 0.7 * shapely.get_num_coordinates(exact.geometry.values).sum()
     # each simplified field is known by the exact field it overlaps most
