@@ -12,7 +12,8 @@ random scores, edge pieces missing):
   with IoU >= 0.2 or containment >= 0.8 are linked; each linked group becomes its union.
 
 All outputs are scored against the truth polygons with ``match_objects`` (fieldseg's one
-definition of F1, split and merged fields), and overlapping output pairs are counted.
+definition of F1, split and merged fields); overlapping output pairs are counted, and whether
+the output is a valid (noded) coverage is checked.
 fieldseg's stitching time (resolve + stitch + trace) is also compared with one bare
 ``rasterio.features.shapes`` pass over the truth id raster (target: at most 2x; the bare pass is
 timed three times and the fastest kept). The oracle's own time, the truth rasterising and the
@@ -411,6 +412,8 @@ def score(polygons: np.ndarray, truth: np.ndarray, min_overlap: float) -> dict[s
         "n_merged": len(m.merged_truth),
         "merged_rate": round(m.merged_rate, 4),
         "overlaps": count_overlaps(polygons, min_overlap),
+        # a noded coverage: neighbours share their vertices too, so reprojecting opens nothing
+        "coverage_valid": bool(shapely.coverage_is_valid(polygons)),
     }
 
 
@@ -608,6 +611,8 @@ def main() -> None:
             )
         if f["overlaps"]:
             print(f"[{mode}] WARNING: fieldseg's output has {f['overlaps']} overlapping pairs")
+        if not f["coverage_valid"]:
+            print(f"[{mode}] WARNING: fieldseg's output is not a valid coverage")
 
     methods = ["fieldseg"] + [name for name, _ in peers]
     print()
