@@ -79,6 +79,7 @@ class PredictSummary:
     n_fields: int
     n_chips: int
     n_chips_skipped: int
+    #: The area predicted: pixels with data inside the extent or bbox (nodata left out).
     area_km2: float
     seconds: dict[str, float] = field(default_factory=dict)
     #: The probability rasters written (``write_rasters``), by map name.
@@ -271,7 +272,7 @@ def predict_scene(
             simplify_m=simplify_m,
             pixel_m=math.sqrt(pixel_m2),
         )
-        n_skipped = 0
+        n_skipped = valid_pixels = 0
         with progress_shown(show_progress):  # read when the bar is made
             bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip")
         km2_per_chip = (chip_size - overlap) ** 2 * pixel_m2 / 1e6
@@ -296,6 +297,9 @@ def predict_scene(
                         shape=strip_valid.shape,
                     )
                 timings["read"] += time.perf_counter() - tick
+                last = index + 1 == len(rows)
+                own_rows = (height if last else rows[index + 1]) - row  # not the next strip's
+                valid_pixels += int(np.count_nonzero(strip_valid[:own_rows]))
                 chips = []
                 for col in cols:
                     image = _pad(strip[:, :, col : col + chip_size], chip_size, info.nodata)
@@ -309,7 +313,6 @@ def predict_scene(
                 bar.update(len(cols))
                 bar.set_postfix(km2=f"{bar.n * km2_per_chip:.1f}", fields=writer.n_fields)
                 tick = time.perf_counter()
-                last = index + 1 == len(rows)
                 batch = stitcher.finish() if last else stitcher.close_rows(rows[index + 1])
                 timings["stitch"] += time.perf_counter() - tick
                 if batch is not None:
@@ -331,7 +334,7 @@ def predict_scene(
         n_fields=writer.n_fields,
         n_chips=len(rows) * len(cols),
         n_chips_skipped=n_skipped,
-        area_km2=height * width * pixel_km2,
+        area_km2=valid_pixels * pixel_km2,
         seconds={k: round(v, 3) for k, v in timings.items()},
         rasters=dict(rasters.paths) if rasters is not None else {},
         chip_size=chip_size,

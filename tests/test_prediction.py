@@ -264,8 +264,10 @@ def test_nodata_is_never_a_field(tmp_path: Path) -> None:
         dst.write(ids[None])
     s = OracleScene(tmp_path)
     s.ids = tmp_path / "ids_nodata.tif"
-    fields = _predict(s, tmp_path / "fields.gpkg", chip_size=64, overlap=16,
-                      model=OracleFieldModel(nodata=-1))  # fmt: skip
+    summary = predict_scene(s.ids, OracleFieldModel(nodata=-1), tmp_path / "fields.gpkg",
+                            chip_size=64, overlap=16, show_progress=False)  # fmt: skip
+    fields = read_vector(tmp_path / "fields.gpkg")
+    assert summary.area_km2 == pytest.approx((~nodata).sum() * 100 / 1e6)  # data pixels only
     with rasterio.open(s.ids) as src:
         burnt = features.rasterize(
             [(g, 1) for g in fields.geometry], out_shape=ids.shape, transform=src.transform
