@@ -56,7 +56,13 @@ from shapely.geometry.base import BaseGeometry
 from fieldseg.atomic_output import atomic_file
 from fieldseg.errors import ConfigError, InputFileError
 from fieldseg.labels import check_coordinates_fit_crs, repaired_polygons, resolve_overlaps
-from fieldseg.object_matching import IOU_THRESHOLDS, ObjectMatches, ObjectOverlaps, object_overlaps
+from fieldseg.object_matching import (
+    IOU_THRESHOLDS,
+    SPARSE_OVERLAP_SHARE,
+    ObjectMatches,
+    ObjectOverlaps,
+    object_overlaps,
+)
 from fieldseg.raster_metrics import (
     SIZE_BINS_HA,
     EvaluationGrid,
@@ -75,9 +81,6 @@ LABEL_MODES = ("complete", "label_extent", "sparse")
 MAX_AREA_DISTORTION = 0.01
 #: A truth overlap is resolved when it covers more than this share of the smaller field.
 TRUTH_OVERLAP_SHARE = 0.01
-#: In sparse mode a prediction counts when its overlap with the drawn fields reaches this share
-#: of its own area or of a drawn field's area.
-SPARSE_OVERLAP_SHARE = 0.1
 
 #: A field counts in ``label_extent`` mode when more than this share of it lies in the AOI.
 EXTENT_SHARE = 0.5

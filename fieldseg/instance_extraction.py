@@ -60,7 +60,8 @@ threshold depends on how sharp the model is: on the blurred, noisy oracle of the
 0.4 to 0.6 with the blur and the field sizes, while perfect maps work with any threshold.
 
 Object matching (:func:`label_f1`) follows :mod:`fieldseg.object_matching` exactly, on pixel
-areas instead of polygon areas; see :func:`label_f1`.
+areas instead of polygon areas, and scores unknown land (sparse labels) as ``fieldseg evaluate``
+does; see :func:`label_f1`.
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ from scipy.sparse.csgraph import connected_components
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from fieldseg.object_matching import MAJORITY, DetectionCounts, _greedy_keep
+from fieldseg.object_matching import (
+    MAJORITY,
+    SPARSE_OVERLAP_SHARE,
+    DetectionCounts,
+    _greedy_keep,
+)
 
 #: How far (px, chessboard distance) a marker's field may reach past the marker: the width of
 #: the boundary band the model is trained on (1-2 px on each field's inner edge).
@@ -562,8 +568,14 @@ def label_f1(
         iou_threshold: the match threshold in [0, 1].
 
     Returns:
-        The counts at ``iou_threshold``. Ignored pixels (``ignore`` True or truth -1) are left
-        out of every area, and a field, predicted or truth, with no pixel left is not counted.
+        The counts at ``iou_threshold``. Ignored pixels (``ignore`` True or truth -1) are
+        unknown land, scored as ``fieldseg evaluate`` scores land without labels: a predicted
+        field counts when more than half of it lies on known pixels, or when its overlap with
+        the truth fields reaches :data:`~fieldseg.object_matching.SPARSE_OVERLAP_SHARE` of its
+        own area or of a truth field's area (others may be right about undrawn fields); a
+        counted field's area is all of its pixels, so a blob over a drawn field and the land
+        around it does not match it. Truth fields are their known pixels; one with none left
+        is not counted.
     """
     return _match(predicted_labels, _prepare_truth(truth_labels, ignore), iou_threshold)
 
@@ -579,11 +591,15 @@ def _match(predicted_labels: np.ndarray, truth: _Truth, iou_threshold: float) ->
         raise ValueError(
             f"predicted_labels has shape {predicted.shape}, truth_labels {truth.shape}"
         )
-    values = predicted.ravel() if truth.counted is None else predicted[truth.counted]
+    values = predicted.ravel()
+    if truth.counted is not None:
+        counted = truth.counted.ravel()
+        values = np.where(counted | (values > 0), values, 0)  # any value where nothing counts
     if values.size and values.min() < 0:
         raise ValueError("predicted_labels must be 0 (no field) or a field id > 0")
-    pred, n_pred = _dense_ids(values)
-    pred_area = np.bincount(pred, minlength=n_pred + 1)
+    whole, n_pred = _dense_ids(values)
+    pred_area = np.bincount(whole, minlength=n_pred + 1)  # unknown pixels too
+    pred = whole if truth.counted is None else whole[counted]
 
     both = (pred > 0) & (truth.dense > 0)
     key = pred[both] * (truth.n + 1) + truth.dense[both]
@@ -594,6 +610,16 @@ def _match(predicted_labels: np.ndarray, truth: _Truth, iou_threshold: float) ->
     else:
         key, inter = np.unique(key, return_counts=True)
     p, t = np.divmod(key, truth.n + 1)
+    if truth.counted is not None:  # predictions mostly on unknown land may be right: left out
+        known = np.bincount(pred, minlength=n_pred + 1)
+        shared = np.bincount(p, weights=inter, minlength=n_pred + 1)
+        scored = (known > MAJORITY * pred_area) | (shared >= SPARSE_OVERLAP_SHARE * pred_area)
+        scored[p[inter >= SPARSE_OVERLAP_SHARE * truth.area[t]]] = True
+        scored[0] = False
+        p, t, inter = p[scored[p]], t[scored[p]], inter[scored[p]]
+        n_scored = int(np.count_nonzero(scored))
+    else:
+        n_scored = n_pred
     iou = inter / (pred_area[p] + truth.area[t] - inter)
 
     above = iou > threshold
@@ -611,7 +637,7 @@ def _match(predicted_labels: np.ndarray, truth: _Truth, iou_threshold: float) ->
     merging = held >= 2
     return LabelMatch(
         tp=tp,
-        n_predicted=n_pred,
+        n_predicted=n_scored,
         n_truth=truth.n,
         n_merged_truth=int(np.count_nonzero(holds & merging[p])),
         n_merged_predictions=int(np.count_nonzero(merging)),
@@ -643,8 +669,8 @@ def tune_params(
     Args:
         samples: per chip ``(extent, boundary, valid, truth_labels)``; ``valid`` may be None,
             truth labels may carry -1 where they are unknown. Invalid pixels (``valid`` False
-            or a map not finite) and truth -1 are left out of the scoring, as in
-            :func:`label_f1` with ``ignore``.
+            or a map not finite) and truth -1 are unknown land, scored as :func:`label_f1`
+            scores ``ignore`` (as ``fieldseg evaluate`` scores land without labels).
         grid: parameter name -> values to try.
         base: the values of the parameters not in ``grid``.
         iou_threshold: the match threshold of the object F1.

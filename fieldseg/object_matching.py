@@ -51,6 +51,11 @@ IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in rang
 #: The share of a field that a prediction must exceed (and vice versa) to split or merge it.
 MAJORITY = 0.5
 
+#: Where only some fields are drawn (sparse labels), a prediction counts when its overlap with
+#: the drawn fields reaches this share of its own area or of a drawn field's area; others may
+#: be right about undrawn fields.
+SPARSE_OVERLAP_SHARE = 0.1
+
 #: Bounds are inflated by this relative slack before pruning, so float rounding in GEOS areas
 #: can never make a pruned pair pass a rule.
 _BOUND_SLACK = 1e-9

@@ -477,19 +477,33 @@ def test_label_f1_hand_made_cases() -> None:
     assert split.n_split_truth == 1
 
 
-def test_label_f1_ignore_and_minus_one_leave_pixels_out() -> None:
-    rng = np.random.default_rng(9)
-    truth = rectangle_tiling(rng, (64, 64))
-    predicted = extract_fields(*_noisy_maps(truth, rng, sigma=1.0, amplitude=0.3)).labels
-    ignore = np.zeros(truth.shape, dtype=bool)
-    ignore[10:40, 5:30] = True
-    expected = label_f1(np.where(ignore, 0, predicted), np.where(ignore, 0, truth))
-    assert label_f1(predicted, truth, ignore=ignore) == expected
-    assert label_f1(predicted, np.where(ignore, -1, truth)) == expected
-    # a prediction lying wholly on ignored pixels is not counted at all
+def test_label_f1_scores_unknown_land_as_evaluate_does() -> None:
+    """Sparse labels: the drawn fields are known, the land around them is not (-1)."""
+    truth = np.full((20, 20), -1, np.int32)
+    truth[2:8, 2:8] = 1
+    truth[12:18, 12:18] = 2
+    predicted = np.zeros((20, 20), np.int32)
+    predicted[2:8, 2:8] = 1  # the drawn field itself
+    predicted[11:19, 11:19] = 2  # a drawn field and a ring of land: IoU 36 / 64, all pixels
+    predicted[0:2, 12:18] = 3  # wholly on unknown land: maybe an undrawn field, left out
+    match = label_f1(predicted, truth)
+    assert (match.n_predicted, match.tp, match.n_truth) == (2, 2, 2)
+    assert label_f1(predicted, np.where(truth < 0, 0, truth), ignore=truth < 0) == match
+    # a blob over a whole chip matches no drawn field (clipped to it, it used to score F1 1)
+    blob = label_f1(np.ones((20, 20), np.int32), truth)
+    assert (blob.n_predicted, blob.tp, blob.f1, blob.n_merged_truth) == (1, 0, 0.0, 2)
+    # a prediction mostly on known land counts (a false positive there), all of its area
+    complete = np.zeros((20, 20), np.int32)
+    complete[:, 10:] = -1  # e.g. a field of another split
+    half = np.zeros((20, 20), np.int32)
+    half[0:4, 2:12] = 1  # 32 px known, 8 unknown
+    half[10:14, 12:16] = 2  # unknown only
+    assert label_f1(half, complete).n_predicted == 1 and label_f1(half, complete).fp == 1
+    # with nothing counted, negative predicted values where nothing counts are allowed
     lone = np.zeros((6, 6), dtype=np.int32)
     lone[:2, :2] = 1
     truth_ignored = np.where(lone > 0, -1, 0)
+    assert label_f1(np.where(lone > 0, -1, 0), truth_ignored).n_predicted == 0
     assert label_f1(lone, truth_ignored).n_predicted == 0
     assert label_f1(lone, truth_ignored).f1 == 1.0
 
@@ -605,3 +619,17 @@ def test_tune_params_pools_chips_and_scores_only_valid_pixels() -> None:
         tune_params([(extent, boundary, None, truth)], {"threshold": (0.5,)})
     with pytest.raises(ValueError, match="sample"):
         tune_params([])
+
+
+def test_a_blob_over_a_sparse_chip_is_not_tuned_to_a_perfect_score() -> None:
+    """An untrained model's map is field everywhere; on a chip with one drawn field and
+    unknown land around it, that blob must not score F1 1 (it chose epoch 1 as the best)."""
+    truth = np.full((64, 64), -1, np.int32)
+    truth[10:20, 10:20] = 1
+    blob = (np.full((64, 64), 0.9, np.float32), np.zeros((64, 64), np.float32), None, truth)
+    _, f1 = tune_params([blob])
+    assert f1 == 0.0
+    extent = np.zeros((64, 64), np.float32)
+    extent[10:20, 10:20] = 0.9
+    found = (extent, np.zeros((64, 64), np.float32), None, truth)
+    assert tune_params([found])[1] == 1.0
