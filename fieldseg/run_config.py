@@ -79,7 +79,7 @@ class TrainingConfig(_Strict):
         5,
         ge=1,
         description="epochs without a better val selection metric (segm mAP; U-Net: object "
-        "F1) before stopping",
+        "F1) before stopping; counted once it is above 0",
     )
     seed: int = 0
     loader_workers: int | None = Field(None, ge=0, description="default: 0 on CPU, 4 on GPU")

@@ -322,9 +322,7 @@ def _train(
         with _run_dir_errors(run_dir):
             _log_metrics(run_dir, history)
         metric = record.get(f"val_{model.selection_metric}")
-        improved = (
-            metric is not None and not math.isnan(metric) and (best is None or metric > best[1])
-        )
+        improved = _improves(metric, best)
         if improved:
             best = (epoch, float(metric))  # type: ignore[arg-type]
         state = {
@@ -346,7 +344,7 @@ def _train(
         patience = config.training.early_stopping_patience
         if out_of_time:
             stopped = f"--max-minutes {config.training.max_minutes:g} reached"
-        elif patience is not None and best is not None and epoch - best[0] >= patience:
+        elif patience is not None and _stalled(epoch, best, patience):
             stopped = f"no better val {model.selection_metric} for {patience} epochs"
         if ctx.from_main(stopped != "epochs done"):
             break
@@ -442,6 +440,26 @@ def _warmed_up(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]
     finally:
         for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
             group["lr"] = lr
+
+
+def _improves(metric: float | None, best: tuple[int, float] | None) -> bool:
+    """Whether an epoch's val metric makes it the best so far.
+
+    A higher value does; so does a tie at zero: a model that has found nothing yet is no
+    better for being earlier, and the later one has trained longer (an untrained model must
+    not stay best.pt because nothing beat its zero).
+    """
+    if metric is None or math.isnan(metric):
+        return False
+    return best is None or metric > best[1] or metric == best[1] == 0.0
+
+
+def _stalled(epoch: int, best: tuple[int, float] | None, patience: int) -> bool:
+    """Early stopping: ``patience`` epochs without a better val metric, once it is above 0.
+
+    A model that has found nothing yet has not stalled; it may need more epochs to begin.
+    """
+    return best is not None and best[1] > 0.0 and epoch - best[0] >= patience
 
 
 @torch.no_grad()

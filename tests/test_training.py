@@ -15,7 +15,7 @@ from fieldseg.chip_dataset import ChipDataset
 from fieldseg.devices import select_device
 from fieldseg.errors import ConfigError, InputFileError, OutputExistsError
 from fieldseg.models.maskrcnn import MaskRCNNFieldModel
-from fieldseg.training import TrainingError, train
+from fieldseg.training import TrainingError, _improves, _stalled, train
 
 CONFIG = CPU_CONFIG
 FAST = list(FAST_TRAINING)
@@ -423,3 +423,15 @@ def test_drawing_the_curves_leaves_the_callers_plotting_backend_alone(tmp_path: 
 
     with Image.open(tmp_path / "curves.png") as curves:
         assert curves.size == (1100, 400)
+
+
+def test_a_model_that_finds_nothing_yet_is_neither_best_for_being_early_nor_stalled() -> None:
+    best = None
+    for epoch, metric in enumerate([0.0, 0.0, 0.0, 0.0], start=1):
+        if _improves(metric, best):
+            best = (epoch, metric)
+        assert not _stalled(epoch, best, patience=1)
+    assert best == (4, 0.0)  # the latest of the epochs tied at zero
+    assert _improves(0.2, best) and not _improves(0.2, (5, 0.2)) and not _improves(None, best)
+    assert not _improves(float("nan"), None)
+    assert _stalled(7, (5, 0.2), patience=2) and not _stalled(6, (5, 0.2), patience=2)
