@@ -344,10 +344,13 @@ def tile_scenes(
                 fraction=len(images) / len(chips),
             )
             summary.fractions[name] = len(images) / len(chips)
-        summary.fields_in_dataset = len(
-            {p["field_id"] for c in chips for p in c.pieces if p["split"] in (None, c.split)}
-        )
+        in_dataset = {
+            p["field_id"] for c in chips for p in c.pieces if p["split"] in (None, c.split)
+        }
+        summary.fields_in_dataset = len(in_dataset)
         _warn_small_splits(summary, fractions)
+        if mode != "label_extent":  # fields outside the extent are left out by design
+            _warn_fields_left_out(prepared, in_dataset, summary, sparse=sparse)
 
         description = DatasetDescription(
             fieldseg_version=__version__,
@@ -735,6 +738,42 @@ def _coco_split(
     return images, annotations
 
 
+#: At most this many field ids are named in a warning.
+NAMED_FIELDS = 10
+
+
+def _warn_fields_left_out(
+    prepared: Sequence[_Scene], in_dataset: set[int], summary: TileSummary, *, sparse: bool
+) -> None:
+    """Warn about labelled fields on the scenes that no chip of the dataset holds.
+
+    With sparse labels every drawn field is precious: fields whose chips were dropped at split
+    borders (or skipped for nodata) are named, with the way to keep them.
+    """
+    on_scenes = {int(i) for s in prepared for i in s.field_ids}
+    missing = sorted(on_scenes - {int(i) for i in in_dataset})
+    if not missing:
+        return
+    named = ", ".join(map(str, missing[:NAMED_FIELDS])) + (", ..." if len(missing) > NAMED_FIELDS
+                                                           else "")  # fmt: skip
+    reasons = []
+    if summary.dropped_split_overlap:
+        reasons.append(f"{summary.dropped_split_overlap} chips were dropped for overlapping a "
+                       "chip of another split")  # fmt: skip
+    if summary.skipped_nodata:
+        reasons.append(f"{summary.skipped_nodata} chips had too much nodata")
+    advice = (
+        "; with sparse labels, train on them all (--split 1,0,0) and evaluate on separately "
+        "drawn fields, or use larger --block-size"
+        if sparse
+        else ""
+    )
+    summary.warnings.append(
+        f"{len(missing)} of {len(on_scenes)} labelled fields are in no chip (field_id "
+        f"{named}){': ' + ' and '.join(reasons) if reasons else ''}{advice}"
+    )
+
+
 def _warn_small_splits(summary: TileSummary, fractions: dict[str, float] | None) -> None:
     for name in SPLITS:
         wanted = fractions.get(name, 0) if fractions is not None else None
@@ -750,7 +789,10 @@ def _warn_small_splits(summary: TileSummary, fractions: dict[str, float] | None)
                 )
             )
         elif 0 < got < 5 and name != "train":
-            summary.warnings.append(f"the {name} split has only {got} chips: figures will be noisy")
+            chips = "chip" if got == 1 else "chips"
+            summary.warnings.append(
+                f"the {name} split has only {got} {chips}: figures will be noisy"
+            )
 
 
 def _warn_chips_beyond_labels(

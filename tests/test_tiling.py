@@ -565,6 +565,23 @@ def test_chips_skipped_for_nodata_do_not_count_as_beyond_the_labels(
     assert not any("labels' extent" in w for w in summary.warnings), summary.warnings
 
 
+def test_drawn_fields_left_in_no_chip_are_named(
+    tmp_path: Path, scene_data: np.ndarray, sparse_labels: tuple[Path, dict[int, BaseGeometry]]
+) -> None:
+    """A drawn field under the nodata of the west third: its chips are skipped, and with
+    sparse labels the summary says which field is lost and how to keep such fields."""
+    data = scene_data.copy()
+    data[:, :, :110] = 0
+    scene = write_scene(tmp_path / "edge.tif", data, nodata=0)
+    labels, _ = sparse_labels  # rect_a (field 1) lies at columns 10-40
+    summary = tile_scenes([scene], labels, tmp_path / "ds", chip_size=CHIP, overlap=OVERLAP,
+                          split="1,0,0", sparse=True)  # fmt: skip
+    (warning,) = [w for w in summary.warnings if "in no chip" in w]
+    assert warning.startswith("1 of 4 labelled fields are in no chip (field_id 1): ")
+    assert "chips had too much nodata" in warning and "--split 1,0,0" in warning
+    assert summary.fields_in_dataset == 3
+
+
 # --------------------------------------------------------------------------------------------
 # several scenes
 # --------------------------------------------------------------------------------------------
