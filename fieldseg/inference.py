@@ -275,7 +275,6 @@ def predict_scene(
         n_skipped = valid_pixels = 0
         with progress_shown(show_progress):  # read when the bar is made
             bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip")
-        km2_per_chip = (chip_size - overlap) ** 2 * pixel_m2 / 1e6
         with (
             bar,
             FieldWriter(output, info.crs, overwrite=overwrite) as writer,
@@ -311,7 +310,8 @@ def predict_scene(
                 n_skipped += _run_row(net, chips, row, stitcher, chosen, batch_size,
                                       score_threshold, timings)  # fmt: skip
                 bar.update(len(cols))
-                bar.set_postfix(km2=f"{bar.n * km2_per_chip:.1f}", fields=writer.n_fields)
+                bar.set_postfix(km2=f"{valid_pixels * pixel_m2 / 1e6:.1f}",
+                                fields=writer.n_fields)  # fmt: skip
                 tick = time.perf_counter()
                 batch = stitcher.finish() if last else stitcher.close_rows(rows[index + 1])
                 timings["stitch"] += time.perf_counter() - tick
