@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -123,7 +124,9 @@ def train(
         resume: continue the run in ``run_dir`` from its ``last.pt``.
         pretrained: ``imagenet``, ``coco`` or ``none``.
         weights: a state dict to start from (e.g. a Sentinel-2 pretrained backbone).
-        overwrite: start over in a ``run_dir`` that holds an earlier run.
+        overwrite: start over in a ``run_dir`` that holds an earlier run. Its files are set
+            aside and deleted once the new run has saved its first epoch; a run that fails or
+            is interrupted before that puts them back.
         show_progress: progress bars on or off for this call; None: as set globally
             (:func:`fieldseg.progress.set_progress_enabled`, on where stderr is a terminal).
 
@@ -144,6 +147,10 @@ def train(
             return _train(context, dataset_dir, config_path, Path(run_dir),
                           overrides=overrides, device=device, resume=resume,
                           pretrained=pretrained, weights=weights, overwrite=overwrite)  # fmt: skip
+    except BaseException:
+        if context.is_main:  # failed or interrupted before its first epoch was saved
+            _restore_previous_run(Path(run_dir))
+        raise
     finally:
         context.close()
 
@@ -233,7 +240,7 @@ def _train(
     ctx.barrier()
     if ctx.is_main:
         if resumed is None:
-            _clear_run_dir(run_dir)
+            _set_previous_run_aside(run_dir)
         with _run_dir_errors(run_dir):
             save_run_config(config, run_dir / CONFIG_FILE)
     ctx.barrier()
@@ -340,6 +347,7 @@ def _train(
             if improved or val_data is None:
                 save_checkpoint(run_dir / BEST, model, config=resolved, spec=spec,
                                 epoch=epoch, metrics=metrics)  # fmt: skip
+            _drop_previous_run(run_dir)  # this run has a checkpoint of its own now
         logger.info(_epoch_line(record))
         patience = config.training.early_stopping_patience
         if out_of_time:
@@ -557,6 +565,12 @@ def _check_resume_options(
             )
 
 
+#: The files of a run (what ``--overwrite`` replaces).
+RUN_FILES = (LAST, BEST, CONFIG_FILE, CURVES_FILE, METRICS_JSONL, METRICS_CSV)
+#: Where an overwritten run's files wait until the new run has saved its first epoch.
+PREVIOUS_RUN = ".previous-run"
+
+
 def _check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
     """Refuse a run folder that holds something, unless it is an earlier run and ``overwrite``.
 
@@ -570,6 +584,14 @@ def _check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
         OutputPathError: ``run_dir`` is a file, or cannot be read.
     """
     names = _folder_names(run_dir)
+    if PREVIOUS_RUN in names:  # an --overwrite run was killed (SIGKILL) while its files waited
+        if LAST in names:
+            _drop_previous_run(run_dir)  # the new run had saved an epoch of its own
+        else:
+            _restore_previous_run(run_dir)
+            logger.warning("run folder %s: put back the run that an --overwrite run killed "
+                           "before its first epoch had set aside", run_dir)  # fmt: skip
+        names = _folder_names(run_dir)
     if not names:
         return
     if _is_unstarted_run(run_dir, names):
@@ -624,13 +646,45 @@ def _is_unstarted_run(run_dir: Path, names: set[str]) -> bool:
         return False
 
 
-def _clear_run_dir(run_dir: Path) -> None:
-    """Remove an earlier run's files (checked by :func:`_check_run_dir`) and make the folder."""
+def _set_previous_run_aside(run_dir: Path) -> None:
+    """Move an earlier run's files (checked by :func:`_check_run_dir`) aside; make the folder.
+
+    They are deleted once the new run has saved its first epoch, and put back if it fails or
+    is interrupted before that, so ``--overwrite`` never leaves a folder without a run.
+    """
     with _run_dir_errors(run_dir):
-        if run_dir.exists():
-            for name in (LAST, BEST, CONFIG_FILE, CURVES_FILE, METRICS_JSONL, METRICS_CSV):
-                (run_dir / name).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
+        present = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if not present:
+            return
+        aside = run_dir / PREVIOUS_RUN
+        shutil.rmtree(aside, ignore_errors=True)  # one left by a killed run
+        aside.mkdir()
+        for name in present:
+            (run_dir / name).rename(aside / name)
+
+
+def _drop_previous_run(run_dir: Path) -> None:
+    """Delete the files an overwritten run left aside (none: nothing to do)."""
+    aside = run_dir / PREVIOUS_RUN
+    if aside.exists():
+        with _run_dir_errors(run_dir):
+            shutil.rmtree(aside)
+
+
+def _restore_previous_run(run_dir: Path) -> None:
+    """Put an overwritten run's files back in place of the new run's (none: nothing to do)."""
+    aside = run_dir / PREVIOUS_RUN
+    if not aside.is_dir():
+        return
+    try:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for kept in aside.iterdir():
+            kept.rename(run_dir / kept.name)
+        aside.rmdir()
+    except OSError as exc:  # keep the original error; say where the old run is
+        logger.warning("could not put the earlier run back from %s: %s", aside, exc)
 
 
 @contextmanager

@@ -339,6 +339,41 @@ def test_a_run_stopped_before_its_first_checkpoint_is_reused(
     assert (other / "config.yaml").read_text() == "model: {family: maskrcnn}\n"
 
 
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_saved_an_epoch(
+    tiny_dataset: Path, tmp_path: Path, stub_epochs: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fieldseg.training as training
+
+    run_dir = tmp_path / "run"
+    train(tiny_dataset, CONFIG, run_dir, overrides=["training.epochs=1"])
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert {"last.pt", "best.pt", "config.yaml"} <= set(before)
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # Ctrl-C in the new run's first epoch
+        patch.setattr(training, "_train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_dataset, CONFIG, run_dir, overwrite=True,
+                  overrides=["training.epochs=2", "training.seed=5"])  # fmt: skip
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+    # killed (SIGKILL) while the earlier run's files waited aside: the next start puts them back
+    aside = run_dir / training.PREVIOUS_RUN
+    aside.mkdir()
+    for name in before:
+        (run_dir / name).rename(aside / name)
+    (run_dir / "config.yaml").write_text("model: {family: maskrcnn}\n")
+    with pytest.raises(OutputExistsError, match=r"not empty; pass --resume"):
+        train(tiny_dataset, CONFIG, run_dir, overrides=["training.epochs=1"])
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+    summary = train(tiny_dataset, CONFIG, run_dir, overwrite=True, overrides=["training.epochs=2"])
+    assert summary.epochs_done == 2 and not aside.exists()
+    assert (run_dir / "last.pt").read_bytes() != before["last.pt"]
+
+
 def test_unusable_run_folders_are_output_path_errors(tiny_dataset: Path, tmp_path: Path) -> None:
     from fieldseg.atomic_output import OutputPathError
 

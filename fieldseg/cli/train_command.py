@@ -87,7 +87,8 @@ def train(
     (training.epochs, not with the cosine schedule; training.max_minutes, counted from the
     resume; training.early_stopping_patience) and training.loader_workers: any other --set,
     and -c, --weights or --pretrained, are refused. A folder holding only config.yaml (a run
-    stopped before its first epoch was saved) is reused without --overwrite.
+    stopped before its first epoch was saved) is reused without --overwrite. With --overwrite
+    the earlier run is deleted only once the new one has saved its first epoch.
     """
     from fieldseg.training import train as run_training
 
