@@ -8,6 +8,7 @@ gets one chip at the origin, padded with nodata beyond the scene.
 
 from __future__ import annotations
 
+import numpy as np
 from rasterio.windows import Window
 
 from fieldseg.errors import ConfigError
@@ -15,6 +16,9 @@ from fieldseg.errors import ConfigError
 
 def check_chip_geometry(chip_size: int, overlap: int) -> int:
     """Validate chip size and overlap; return the stride (``chip_size - overlap``)."""
+    for name, value in (("chip size", chip_size), ("overlap", overlap)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ConfigError(f"{name} must be a whole number of pixels, got {value!r}")
     if chip_size < 16:
         raise ConfigError(f"chip size must be at least 16 pixels, got {chip_size}")
     if overlap < 0:

@@ -179,6 +179,10 @@ def predict_scene(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     if simplify_m < 0:
         raise ConfigError(f"--simplify-m must be >= 0, got {simplify_m}")
+    if score_threshold is not None and not 0 <= score_threshold <= 1:
+        raise ConfigError(f"--score-threshold is a score between 0 and 1, got {score_threshold}")
+    if min_area_m2 is not None and min_area_m2 < 0:
+        raise ConfigError(f"--min-area-m2 must be >= 0, got {min_area_m2}")
     if debug_layers and Path(output).suffix.lower() != ".gpkg":
         raise ConfigError(
             f"--debug-layers adds layers to a GeoPackage; {Path(output).name} holds one layer "

@@ -81,7 +81,7 @@ class TrainingConfig(_Strict):
         description="epochs without a better val selection metric (segm mAP; U-Net: object "
         "F1) before stopping; counted once it is above 0",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     loader_workers: int | None = Field(None, ge=0, description="default: 0 on CPU, 4 on GPU")
     mixed_precision: bool = Field(True, description="on CUDA only")
     grad_clip_norm: float | None = Field(10.0, gt=0)

@@ -448,6 +448,10 @@ def synth(
             work is done).
         ConfigError: an argument is out of range, or the scene would not fit in memory.
     """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ConfigError(f"size must be a whole number of pixels, got {size!r}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
     _check_outputs(raster_path, fields_path, overwrite=overwrite)  # before spending time
     scene = synthesize_scene(
         size, seed=seed, bands=bands, dates=dates, clouds=clouds, nodata_border=nodata_border

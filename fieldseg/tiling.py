@@ -221,6 +221,14 @@ def tile_scenes(
         raise ConfigError("--label-extent and --sparse are exclusive: choose one label mode")
     if not 0 <= max_nodata <= 1:
         raise ConfigError(f"--max-nodata is a share between 0 and 1, got {max_nodata}")
+    if not 0 <= min_piece_share <= 1:
+        raise ConfigError(f"min_piece_share is a share between 0 and 1, got {min_piece_share}")
+    if min_piece_pixels < 0:
+        raise ConfigError(f"min_piece_pixels must be >= 0, got {min_piece_pixels}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (or None: automatic), got {workers}")
     if compress not in COMPRESSIONS:
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}")
     if block_size is not None and block_size < stride:

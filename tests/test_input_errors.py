@@ -26,6 +26,7 @@ from click.testing import Result
 from conftest import (
     BAND_NAMES,
     CHIP,
+    CPU_CONFIG,
     CRS_UTM,
     FIELDS,
     OVERLAP,
@@ -43,6 +44,7 @@ from conftest import (
 from fieldseg.atomic_output import OutputPathError
 from fieldseg.errors import ConfigError, CRSError, FieldsegError, InputFileError
 from fieldseg.labels import load_field_labels
+from fieldseg.run_config import load_run_config
 from fieldseg.splits import parse_fractions
 from fieldseg.stacking import stack_bands
 from fieldseg.synthetic import synth
@@ -398,3 +400,33 @@ def test_overwrite_refuses_a_dataset_holding_the_labels(
     assert load_field_labels(labels).n_read == len(FIELDS)
     assert tree(ds) == contents
     assert_nothing_left(tmp_path, around, listing)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"chip_size": 64.5}, "chip size must be a whole number of pixels, got 64.5"),
+        ({"workers": 0}, "--workers must be at least 1"),
+        ({"seed": -1}, "--seed must be >= 0, got -1"),
+        ({"min_piece_share": 2}, "min_piece_share is a share between 0 and 1"),
+        ({"min_piece_pixels": -1}, "min_piece_pixels must be >= 0"),
+    ],
+)
+def test_library_arguments_out_of_range_are_config_errors(
+    tmp_path: Path, basic_scene: SceneFixture, options: dict[str, object], message: str
+) -> None:
+    arguments: dict[str, object] = {"chip_size": CHIP, "overlap": OVERLAP, **options}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        tile_scenes([basic_scene.scene], basic_scene.labels, tmp_path / "ds", **arguments)  # type: ignore[arg-type]
+    assert not (tmp_path / "ds").exists()
+
+
+def test_negative_seeds_are_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
+        synth(tmp_path / "s.tif", tmp_path / "f.gpkg", size=64, seed=-1)
+    result = run("synth", "-o", tmp_path / "s.tif", "--fields", tmp_path / "f.gpkg", "--seed", "-1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "-1 is not in the range x>=0" in result.output
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match=r"training\.seed"):
+        load_run_config(CPU_CONFIG, ["training.seed=-1"])

@@ -23,7 +23,8 @@ device_option: Callable[[F], F] = click.option(
 )
 
 seed_option: Callable[[F], F] = click.option(
-    "--seed", type=int, default=0, show_default=True, help="Random seed; same seed, same output."
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Random seed (>= 0); same seed, same output.",
 )
 
 
