@@ -62,7 +62,19 @@ class Checkpoint:
     def build_model(self) -> FieldModel:
         """The model with its trained weights, on the CPU, in eval mode."""
         model = build_model(model_config(self.config["model"]), self.spec)
-        model.load_state_dict(self.data["state_dict"])
+        where = self.path or "the checkpoint"
+        unfit = f"{where}: its weights do not fit the {model.family} model its config describes"
+        try:
+            loaded = model.load_state_dict(self.data["state_dict"], strict=False)
+        except RuntimeError as exc:  # a weight of another shape
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()),
+                          first_line(exc))  # fmt: skip
+            raise InputFileError(f"{unfit} ({detail})") from exc
+        if loaded.missing_keys or loaded.unexpected_keys:
+            parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
+                     (("missing", loaded.missing_keys), ("unknown", loaded.unexpected_keys))
+                     if keys]  # fmt: skip
+            raise InputFileError(f"{unfit} ({'; '.join(parts)})")
         if self.path is not None:
             model.source = f"{self.data['family']}:{file_hash(self.path)}"
         return model.eval()
@@ -180,6 +192,32 @@ def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
     ]
 
 
+#: What every checkpoint holds (``training_state`` and ``metrics`` may be empty).
+REQUIRED_KEYS = ("family", "config", "bands", "statistics", "nodata", "chip_size",
+                 "categories", "epoch", "state_dict")  # fmt: skip
+
+
+def _check_contents(data: dict[str, Any], file: Path) -> None:
+    """Refuse a checkpoint whose parts do not read as fieldseg writes them, naming the part."""
+    try:
+        spec = Checkpoint(data).spec
+        int(data["epoch"])
+        family = data["config"]["model"]["family"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputFileError(f"{file} is damaged: {first_line(exc) or type(exc).__name__}") from exc
+    if len(spec.statistics) != len(spec.bands):
+        raise InputFileError(
+            f"{file} is damaged: it names {len(spec.bands)} bands but holds statistics of "
+            f"{len(spec.statistics)}"
+        )
+    if not isinstance(data["state_dict"], dict):
+        raise InputFileError(f"{file} is damaged: its state_dict is not a set of weights")
+    if family != data["family"]:
+        raise InputFileError(
+            f"{file} is damaged: it says family {data['family']!r}, its config {family!r}"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint file or a run folder's best one, safely (``weights_only=True``).
 
@@ -191,8 +229,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     data = read_torch_file(file, "a fieldseg checkpoint")
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise InputFileError(f"{file} is not a fieldseg checkpoint")
-    if data.get("format_version", 0) > CHECKPOINT_VERSION:
+    version = data.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputFileError(f"{file} is damaged: its format_version is {version!r}")
+    if version > CHECKPOINT_VERSION:
         raise InputFileError(f"{file} was written by a newer fieldseg; upgrade fieldseg")
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise InputFileError(f"{file} is damaged: it lacks {', '.join(missing)}")
+    _check_contents(data, file)
     broken = non_finite_tensors(data.get("state_dict", {}))
     if broken:
         raise InputFileError(

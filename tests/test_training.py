@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -412,6 +413,40 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path: Path) -> No
             + reason
         ), message
         assert "\n" not in message and "weights_only" not in message, message
+
+
+def test_damaged_checkpoints_are_refused_naming_the_part(
+    tiny_dataset: Path, tmp_path: Path, stub_epochs: list[int]
+) -> None:
+    """Checkpoints edited by hand, cut short or from another fieldseg: one clear line each."""
+    train(tiny_dataset, CONFIG, tmp_path / "run", overrides=["training.epochs=1"])
+    good = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    name = next(iter(good["state_dict"]))
+    scene = next(tiny_dataset.rglob("*.tif"))
+
+    def edited(**changes: object) -> dict:
+        return {**good, **changes}
+
+    cases = {
+        "no_statistics": (
+            {k: v for k, v in good.items() if k != "statistics"},
+            "is damaged: it lacks statistics",
+        ),
+        "short_bands": (edited(bands=good["bands"][:1]), "is damaged: it names 1 bands but holds"),
+        "version_text": (edited(format_version="1"), "is damaged: its format_version is '1'"),
+        "other_family": (edited(family="yolact"), "it says family 'yolact', its config 'maskrcnn'"),
+        "missing_weight": (
+            edited(state_dict={k: v for k, v in good["state_dict"].items() if k != name}),
+            f"its weights do not fit the maskrcnn model its config describes (1 missing, e.g. "
+            f"{name})",
+        ),
+    }
+    for case, (data, message) in cases.items():
+        torch.save(data, tmp_path / f"{case}.pt")
+        with pytest.raises(InputFileError, match=re.escape(message)):
+            load_checkpoint(tmp_path / f"{case}.pt").build_model()
+        result = run("predict", scene, "-m", tmp_path / f"{case}.pt", "-o", tmp_path / "x.gpkg")
+        assert_user_error(result, message)
 
 
 def test_loader_workers_draw_new_augmentations_every_epoch(tmp_path: Path) -> None:

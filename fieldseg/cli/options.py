@@ -23,7 +23,10 @@ device_option: Callable[[F], F] = click.option(
 )
 
 seed_option: Callable[[F], F] = click.option(
-    "--seed", type=click.IntRange(min=0), default=0, show_default=True,
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
     help="Random seed (>= 0); same seed, same output.",
 )
 

@@ -29,7 +29,10 @@ from fieldseg.cli.options import overwrite_option
     "--size", type=int, default=2048, show_default=True, help="Scene width and height, pixels."
 )
 @click.option(
-    "--seed", type=click.IntRange(min=0), default=7, show_default=True,
+    "--seed",
+    type=click.IntRange(min=0),
+    default=7,
+    show_default=True,
     help="Random seed (>= 0); same seed, same scene.",
 )
 @click.option("--bands", type=int, default=4, show_default=True, help="Bands per date.")
