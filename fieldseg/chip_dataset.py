@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from fieldseg.augmentation import AugmentedChip, ChipAugmentation
 from fieldseg.coco_format import decode_mask
 from fieldseg.dataset_description import DatasetDescription
-from fieldseg.errors import InputFileError
+from fieldseg.errors import InputFileError, first_line
 from fieldseg.labels import SPLITS
 from fieldseg.raster_io import chip_valid_mask, open_raster
 
@@ -30,6 +30,18 @@ Target = dict[str, Any]
 
 class EmptySplitError(InputFileError):
     """The split holds no chips (callers may treat an empty val split as optional)."""
+
+
+#: What every image and annotation of a split's COCO file holds (docs/formats.md).
+IMAGE_KEYS = ("id", "file_name", "window", "height", "width")
+ANNOTATION_KEYS = ("image_id", "category_id", "segmentation", "field_id", "truncated")
+
+
+def _require(entry: dict[str, Any], keys: tuple[str, ...], what: str) -> None:
+    """Raise KeyError naming the first of ``keys`` that ``entry`` lacks."""
+    for key in keys:
+        if key not in entry:
+            raise KeyError(f"{key!r} in {what}")
 
 
 class ChipDataset(Dataset[tuple[torch.Tensor, Target]]):
@@ -69,13 +81,28 @@ class ChipDataset(Dataset[tuple[torch.Tensor, Target]]):
         except (OSError, json.JSONDecodeError) as exc:
             raise InputFileError(f"cannot read the {split} split of {self.root}: {exc}") from exc
         self.coco_document: dict[str, Any] = coco
-        self.images: list[dict[str, Any]] = coco["images"]
-        if not self.images:
-            raise EmptySplitError(f"the {split} split of {self.root} holds no chips")
-        self.categories = {c["id"]: c["name"] for c in coco["categories"]}
-        self._annotations: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in self.images}
-        for annotation in coco["annotations"]:
-            self._annotations[annotation["image_id"]].append(annotation)
+        try:
+            self.images: list[dict[str, Any]] = coco["images"]
+            if not self.images:
+                raise EmptySplitError(f"the {split} split of {self.root} holds no chips")
+            self.categories = {c["id"]: c["name"] for c in coco["categories"]}
+            self._annotations: dict[int, list[dict[str, Any]]] = {}
+            for image in self.images:
+                _require(image, IMAGE_KEYS, "an image")
+                self._annotations[image["id"]] = []
+            for annotation in coco["annotations"]:
+                _require(annotation, ANNOTATION_KEYS, "an annotation")
+                if annotation["image_id"] not in self._annotations:
+                    raise KeyError(f"image {annotation['image_id']!r} of an annotation")
+                self._annotations[annotation["image_id"]].append(annotation)
+        except (KeyError, TypeError, AttributeError) as exc:
+            key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+            described = isinstance(key, str) and " " in key  # _require's or ours: as it is
+            reason = first_line(exc) if key is None else f"no {key if described else repr(key)}"
+            raise InputFileError(
+                f"{path} is not a COCO file as fieldseg tile writes it ({reason}); tile the "
+                "scenes again"
+            ) from exc
 
     def __len__(self) -> int:
         return len(self.images)

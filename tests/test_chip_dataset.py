@@ -107,3 +107,24 @@ def test_bad_datasets_are_clear_errors(tmp_path: Path, basic_dataset: Dataset) -
     (broken / "dataset.json").write_text(json.dumps(description))
     with pytest.raises(InputFileError, match="upgrade fieldseg"):
         ChipDataset(broken)
+
+
+def test_a_coco_file_of_another_shape_is_one_clear_error(
+    tmp_path: Path, basic_dataset: Dataset
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(basic_dataset.root, broken)
+    good = json.loads((basic_dataset.root / "train.json").read_text())
+    no_field_id = {**good, "annotations": [{k: v for k, v in a.items() if k != "field_id"}
+                                           for a in good["annotations"]]}  # fmt: skip
+    stray = {**good, "annotations": [{**good["annotations"][0], "image_id": 999_999}]}
+    cases = [([], "list indices"), ({"images": 3}, "no 'categories'"),
+             (no_field_id, "(no 'field_id' in an annotation)"),
+             (stray, "(no image 999999 of an annotation)")]  # fmt: skip
+    for document, reason in cases:
+        (broken / "train.json").write_text(json.dumps(document))
+        with pytest.raises(InputFileError) as caught:
+            ChipDataset(broken)
+        message = str(caught.value)
+        assert message.startswith(f"{broken / 'train.json'} is not a COCO file as fieldseg tile")
+        assert reason in message, message
