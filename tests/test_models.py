@@ -232,3 +232,14 @@ def test_model_config_errors_name_the_key() -> None:
                                                                               [64], [128]]),
                            BANDS, _stats(), 0, chip_size=64, num_classes=1)  # fmt: skip
     assert np.isclose(MaskRCNNConfig().upsample, 1.0)
+
+
+def test_an_unknown_pretrained_source_is_refused() -> None:
+    """The CLI offers a fixed choice; the library must not quietly train from scratch."""
+    from fieldseg.cli.train_command import train
+    from fieldseg.models.base import PRETRAINED_CHOICES
+
+    with pytest.raises(ConfigError, match="pretrained must be one of imagenet, coco, none; got"):
+        build_model(model_config({"family": "maskrcnn"}), None, pretrained="imagnet")  # type: ignore[arg-type]
+    choice = next(p for p in train.params if p.name == "pretrained")
+    assert tuple(choice.type.choices) == PRETRAINED_CHOICES  # type: ignore[attr-defined]

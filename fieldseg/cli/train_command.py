@@ -43,7 +43,7 @@ from fieldseg.cli.options import device_option, overwrite_option
 )
 @click.option(
     "--pretrained",
-    type=click.Choice(["imagenet", "coco", "none"]),
+    type=click.Choice(["imagenet", "coco", "none"]),  # models.base.PRETRAINED_CHOICES
     default="none",
     show_default=True,
     help="Start from torchvision's weights (downloaded once).",

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.dataset_description import DatasetDescription
 from fieldseg.errors import ConfigError
-from fieldseg.models.base import ChipPrediction, FieldModel
+from fieldseg.models.base import PRETRAINED_CHOICES, ChipPrediction, FieldModel
 from fieldseg.models.maskrcnn import MaskRCNNConfig, MaskRCNNFieldModel
 from fieldseg.models.unet_boundary import UNetBoundaryConfig, UNetBoundaryFieldModel
 from fieldseg.models.yolact import YolactConfig, YolactFieldModel
@@ -89,7 +89,15 @@ class ModelSpec:
 
 
 def build_model(config: BaseModel, spec: ModelSpec, *, pretrained: str = "none") -> FieldModel:
-    """Build the family's model for ``spec`` (see :class:`ModelSpec`)."""
+    """Build the family's model for ``spec`` (see :class:`ModelSpec`).
+
+    Raises:
+        ConfigError: ``pretrained`` is not one of :data:`~fieldseg.models.base.PRETRAINED_CHOICES`.
+    """
+    if pretrained not in PRETRAINED_CHOICES:
+        raise ConfigError(
+            f"pretrained must be one of {', '.join(PRETRAINED_CHOICES)}; got {pretrained!r}"
+        )
     model_class = FAMILIES[config.family][1]  # type: ignore[attr-defined]
     model = model_class(
         config,  # type: ignore[arg-type]

@@ -12,13 +12,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
 
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.models.boxed_masks import BoxedMasks
+
+#: Where a model's starting weights come from: torchvision's ImageNet or COCO weights, or none.
+Pretrained = Literal["imagenet", "coco", "none"]
+PRETRAINED_CHOICES: tuple[str, ...] = get_args(Pretrained)
 
 if TYPE_CHECKING:
     from fieldseg.models import ModelSpec

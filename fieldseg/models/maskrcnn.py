@@ -26,7 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.errors import ConfigError
-from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
+from fieldseg.models.base import ChipPrediction, FieldModel, Pretrained, touches_edge
 from fieldseg.models.ignore_sampling import make_ignore_aware
 from fieldseg.models.input_layer import adapt_first_conv, download_weights
 from fieldseg.models.mask_pasting import BoxedMaskTransform
@@ -41,7 +41,6 @@ BACKBONE_WEIGHTS: dict[str, str] = {
 #: MobileNetV3's stages returned to the FPN: strides 4 to 32, as for the ResNets (torchvision's
 #: default starts at stride 32, far too coarse for fields a few pixels across).
 MOBILENET_RETURNED_STAGES = [1, 2, 3, 4]
-Pretrained = Literal["imagenet", "coco", "none"]
 
 
 class MaskRCNNConfig(BaseModel):

@@ -36,7 +36,7 @@ from fieldseg.instance_extraction import (
     extract_fields,
     tune_params,
 )
-from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
+from fieldseg.models.base import ChipPrediction, FieldModel, Pretrained, touches_edge
 from fieldseg.models.boxed_masks import BoxedMasks
 from fieldseg.models.input_layer import adapt_first_conv, download_weights
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 #: smp encoders offered (any smp encoder name works; these are tested).
 ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3")
-Pretrained = Literal["imagenet", "coco", "none"]
 #: Extraction settings tried after every epoch, two grids: markers from interior components
 #: (18 extractions) and from depth peaks (2, each about three times dearer), every one at four
 #: score floors (cheap: fields are only dropped), so calibration stays a small part of an epoch

@@ -31,7 +31,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from fieldseg.band_statistics import BandStatistics
 from fieldseg.errors import ConfigError
-from fieldseg.models.base import ChipPrediction, FieldModel, touches_edge
+from fieldseg.models.base import ChipPrediction, FieldModel, Pretrained, touches_edge
 from fieldseg.models.deformable import make_deformable
 from fieldseg.models.fast_nms import fast_nms
 from fieldseg.models.input_layer import adapt_first_conv, download_weights
@@ -52,7 +52,6 @@ from fieldseg.models.yolact_losses import (
 )
 from fieldseg.models.yolact_targets import decode_boxes, make_anchors, match_anchors
 
-Pretrained = Literal["imagenet", "coco", "none"]
 #: Strides of the pyramid levels: the ResNet's stages 2 to 5 and one pooled level below.
 LEVEL_STRIDES = (4, 8, 16, 32, 64)
 #: Chips are padded to a multiple of this, so every level's cells line up with the chip.
