@@ -154,6 +154,11 @@ class ChipRecord:
     split: str = "train"
 
 
+def chip_folder(scene_id: str) -> str:
+    """Where a scene's chips go, relative to the dataset folder."""
+    return f"chips/{scene_id}"
+
+
 def cut_chips(job: SceneJob, windows: list[Window]) -> list[ChipRecord | str]:
     """Read, annotate and write the chips at ``windows``: a record, or why it was skipped."""
     with np.load(job.fields_path) as table:
@@ -183,9 +188,9 @@ def _cut_chip(
     if job.sparse and not kept:
         return SKIPPED_NO_DRAWN_FIELD
     name = f"{job.scene_id}_r{int(window.row_off):05d}_c{int(window.col_off):05d}.tif"
-    file_name = f"chips/{job.scene_id}/{name}"
-    try:
-        (job.out_dir / file_name).parent.mkdir(parents=True, exist_ok=True)
+    file_name = f"{chip_folder(job.scene_id)}/{name}"
+    try:  # into the scene's chip folder, made before the work began (never made here: a
+        # worker left running after an interrupt must not make the removed dataset again)
         write_geotiff(
             job.out_dir / file_name,
             data,

@@ -12,12 +12,15 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ from fieldseg.chip_writer import (
     ChipRecord,
     SceneJob,
     SceneLabels,
+    chip_folder,
     cut_chips,
 )
 from fieldseg.coco_format import rle_to_json, write_coco
@@ -570,6 +574,7 @@ def _write_chips(
                 workdir=out_dir,
                 scene_id=scene.scene_id,
             )
+            (out_dir / chip_folder(scene.scene_id)).mkdir(parents=True, exist_ok=True)
             try:
                 job = SceneJob(
                     scene_index=index,
@@ -595,8 +600,14 @@ def _write_chips(
                 windows = scene.windows
                 batches = [windows[i : i + size] for i in range(0, len(windows), size)]
                 cut = partial(cut_chips, job)
-                for batch in pool.map(cut, batches) if pool is not None else map(cut, batches):
-                    yield from batch
+                if pool is None:
+                    for batch in map(cut, batches):
+                        yield from batch
+                else:  # not pool.map: its results, dropped on an error, cancel what is queued
+                    with _interrupts_deferred():  # not while the pool starts a worker
+                        futures = [pool.submit(cut, batch) for batch in batches]
+                    for future in futures:
+                        yield from future.result()
             finally:
                 labels.close()
 
@@ -627,7 +638,10 @@ def _executor(workers: int) -> Iterator[Executor | None]:
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    _start_helpers_deaf_to_interrupts(context)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_leave_interrupts_to_the_main
+    )
     try:
         yield pool
     except BrokenProcessPool as exc:
@@ -636,10 +650,73 @@ def _executor(workers: int) -> Iterator[Executor | None]:
             "a tiling worker process died (out of memory?); try fewer --workers"
         ) from exc
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _stop_workers(pool)
         raise
     else:
         pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM in the main thread until the block ends (POSIX only).
+
+    The pool starts its workers while work is queued; interrupted half-way through starting
+    one, it would not know that worker, which would then go on writing chips into the
+    temporary folder after it was removed.
+    """
+    if not hasattr(signal, "pthread_sigmask") or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the workers now and let the pool fail what was queued (an error or Ctrl-C).
+
+    Waiting for them instead could wait forever: after an interrupt, workers were seen blocked
+    on the pool's queue while it waited for them. What they were writing lies in the
+    temporary dataset folder, which is removed after this. Nothing queued is cancelled first:
+    the pool fails its batches itself, and Python < 3.12 raises in its thread (printing a
+    traceback) on batches already cancelled.
+    """
+    # the pool's own record of its processes (Python 3.14 adds terminate_workers() for this)
+    for worker in list((getattr(pool, "_processes", None) or {}).values()):
+        worker.terminate()
+        worker.join(timeout=10)
+    pool.shutdown(wait=True)
+
+
+def _start_helpers_deaf_to_interrupts(context: multiprocessing.context.BaseContext) -> None:
+    """Start multiprocessing's helper processes now, with Ctrl-C ignored (which they inherit).
+
+    The terminal sends Ctrl-C to every process of the group: a fork server or resource
+    tracker still starting up would print a traceback before it could ignore it itself.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread; the helpers start as they would
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+        if context.get_start_method() == "forkserver":
+            forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _leave_interrupts_to_the_main() -> None:
+    """In a worker: ignore Ctrl-C, which the terminal sends to every process of the group.
+
+    The main process alone stops the run (cancelling queued batches, letting running ones
+    finish); a worker interrupted on its own printed a traceback, and one interrupted while
+    holding the pool's queue lock left the main process waiting for it forever.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_workers(chips: int) -> int:

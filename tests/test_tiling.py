@@ -1054,3 +1054,20 @@ def test_a_chip_that_cannot_be_written_is_one_clear_error(
     with pytest.raises(OutputPathError, match=r"cannot write chip .*No space left on device"):
         _tile(basic_scene, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupt_ends_the_tiling_workers_at_once() -> None:
+    """Ctrl-C in the main process stops busy workers instead of waiting for them (a worker
+    left running could also write chips after the temporary dataset was removed)."""
+    import time
+
+    from fieldseg.tiling import _executor
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), _executor(2) as pool:
+        assert pool is not None
+        busy = [pool.submit(time.sleep, 60) for _ in range(2)]
+        time.sleep(1.0)  # both workers are asleep in their batch
+        raise KeyboardInterrupt
+    assert time.monotonic() - started < 30
+    assert all(f.done() for f in busy)
