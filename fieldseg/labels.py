@@ -147,8 +147,11 @@ def load_field_labels(
         raw = values.astype(str).str.strip().str.lower()
         unknown = sorted(set(raw) - set(SPLIT_ALIASES))
         if unknown:
+            shown = ", ".join(repr(v[:40]) for v in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise InputFileError(
-                f"--split-column {split_column!r} has values {unknown}; expected train, val or test"
+                f"--split-column {split_column!r} has values {shown}{more}; expected train, val "
+                "or test"
             )
         fields["split"] = raw.map(SPLIT_ALIASES).to_numpy()
     fields = fields.reset_index(drop=True)

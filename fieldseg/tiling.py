@@ -516,7 +516,15 @@ def _prepare_scenes(
             summary.skipped_no_drawn_field += len(windows) - len(with_field)
             windows = [w for i, w in enumerate(windows) if i in with_field]
         if len(fields) == 0:
-            summary.warnings.append(f"no label falls on scene {info.path.name}")
+            summary.warnings.append(
+                f"no label falls on scene {info.path.name}"
+                + (
+                    f": its chips (up to {len(windows)}) are written as pure background (the wrong "
+                    "scene, or labels in another place?)"
+                    if mode == "complete" and windows
+                    else ""
+                )
+            )
         prepared.append(
             _Scene(
                 scene_id=scene_id,

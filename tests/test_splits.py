@@ -485,3 +485,19 @@ def test_split_left_out_is_the_documented_default(
     method = read_dataset(tmp_path / "out").description["split_method"]
     assert method["method"] == "blocks"
     assert method["requested"] == {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+def test_a_split_column_of_other_values_names_a_few(
+    tmp_path: Path, basic_scene: SceneFixture
+) -> None:
+    """A wrong column (an area, say) has a value per field: five are named, not all."""
+    areas = [f"{1000.5 + i}" for i in range(len(FIELDS))]
+    labels = write_labels(tmp_path / "a.gpkg", list(FIELDS.values()), columns={"area": areas})
+    with pytest.raises(InputFileError) as caught:
+        tile_scenes([basic_scene.scene], labels, tmp_path / "out", chip_size=64, overlap=0,
+                    split_column="area")  # fmt: skip
+    message = str(caught.value)
+    assert message == (
+        "--split-column 'area' has values '1000.5', '1001.5', '1002.5', '1003.5', '1004.5' and "
+        f"{len(FIELDS) - 5} more; expected train, val or test"
+    )

@@ -618,6 +618,19 @@ def test_two_scenes_get_distinct_ids(
     assert ds.field_ids() == {1, 2}
 
 
+def test_a_scene_without_labels_is_said_to_become_background(
+    tmp_path: Path, basic_scene: SceneFixture, scene_data: np.ndarray
+) -> None:
+    """Two scenes, labels on the first only (the second elsewhere, say a wrong CRS)."""
+    far = SCENE_TRANSFORM @ Affine.translation(0, 10 * SCENE_HEIGHT)
+    second = write_scene(tmp_path / "far.tif", scene_data, transform=far)
+    summary = tile_scenes([basic_scene.scene, second], basic_scene.labels, tmp_path / "out",
+                          chip_size=CHIP, overlap=OVERLAP, split="1,0,0")  # fmt: skip
+    assert "no label falls on scene far.tif: its chips (up to 9) are written as pure " in (
+        "\n".join(summary.warnings)
+    )
+
+
 def test_scenes_with_different_bands_are_refused(
     tmp_path: Path, basic_scene: SceneFixture, scene_data: np.ndarray
 ) -> None:
