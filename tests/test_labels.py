@@ -269,7 +269,7 @@ def test_split_column_bad_values(tmp_path: Path) -> None:
         [px_box(0, 0, 5, 5), px_box(10, 0, 15, 5)],
         columns={"fold": ["a", "b"]},
     )
-    with pytest.raises(InputFileError, match=r"--split-column 'fold' has values 'a', 'b'; expected"):
+    with pytest.raises(InputFileError, match=r"'fold' has values 'a', 'b'; expected"):
         load_field_labels(path, split_column="fold")
 
 
