@@ -82,11 +82,19 @@ class FieldTracer:
         over the fields still held.
         """
         polygons, frame, bottom = self._traced(batch)
+        walk = np.ones(len(polygons), bool)
         if len(self._held):
+            # held fields are noded among themselves already: only those the new ones touch
+            # can gain vertices
+            touched = np.zeros(len(self._held), bool)
+            if len(polygons):
+                tree = shapely.STRtree(self._held)
+                touched[tree.query(polygons, predicate="intersects")[1]] = True
+            walk = np.concatenate([touched, walk])
             polygons = np.concatenate([self._held, polygons])
             frame = pd.concat([self._held_frame, frame], ignore_index=True)
             bottom = np.concatenate([self._held_bottom, bottom])
-        polygons = _noded(polygons)
+        polygons = _noded(polygons, walk)
         ready = np.ones(len(polygons), bool) if batch.later_from is None else (
             bottom < batch.later_from
         )  # fmt: skip
@@ -270,7 +278,7 @@ def _empty_attributes() -> pd.DataFrame:
     })  # fmt: skip
 
 
-def _noded(polygons: np.ndarray) -> np.ndarray:
+def _noded(polygons: np.ndarray, walk: np.ndarray | None = None) -> np.ndarray:
     """Outlines on the pixel grid, each given every vertex of the others that lies on its edges.
 
     Traced outlines have vertices only where they turn, so where a field's corner meets the
@@ -278,19 +286,36 @@ def _noded(polygons: np.ndarray) -> np.ndarray:
     shared edges differ, which is not a valid coverage, and reprojecting them opens slivers.
     Edges along the pixel grid (all of an exact outline's) are walked corner by corner and
     keep the corners that are a vertex of any outline; other edges (simplified ones, already
-    noded as a coverage) and vertices off the grid are left as they are.
+    noded as a coverage) and vertices off the grid are left as they are. With ``walk`` (a
+    mask), only those polygons gain vertices; every polygon's vertices count.
     """
     if len(polygons) == 0:
         return polygons
+    if walk is None or walk.all():
+        return _walked(polygons, np.zeros((0, 2)))
+    out = np.asarray(polygons, dtype=object).copy()
+    if walk.any():
+        out[walk] = _walked(polygons[walk], shapely.get_coordinates(polygons[~walk]))
+    return out
+
+
+def _walked(polygons: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """:func:`_noded` of ``polygons``, with the points ``others`` (N, 2) as vertices too."""
     kind, points, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(polygons)
     corners = np.rint(points).astype(np.int64)  # (x column, y row)
     on_grid = (corners == points).all(axis=1)
+    extra = np.rint(others).astype(np.int64)
+    extra = extra[(extra == others).all(axis=1)]
     low = corners.min(axis=0)
     corners -= low
+    extra -= low
     width = int(corners[:, 0].max()) + 1
+    extra = extra[(extra >= 0).all(axis=1) & (extra[:, 0] < width)]  # off these outlines: moot
     flat = corners[:, 1] * width + corners[:, 0]
     is_vertex = np.zeros(int(flat.max()) + 1, bool)
     is_vertex[flat[on_grid]] = True
+    extra_flat = extra[:, 1] * width + extra[:, 0]
+    is_vertex[extra_flat[extra_flat < len(is_vertex)]] = True
     # every edge from a ring's point to the next (not from its closing point)
     is_last = np.zeros(len(flat), bool)
     is_last[ring_offsets[1:] - 1] = True
