@@ -2,7 +2,9 @@
 
 Polygons are traced on the pixel grid (``rasterio.features.shapes``, 4-connected) through the
 predicted area's transform, so they are exact and neighbours share their edges; optionally they
-are simplified as a coverage, so that neighbours still share their (simplified) edges. A field whose
+are simplified as a coverage, so that neighbours still share their (simplified) edges. Either way
+they are noded (:func:`_noded`): shared edges have the same vertices on both sides, a valid
+coverage that reprojects without slivers. A field whose
 pixels fall apart into several pieces keeps its largest piece; the others are dropped (they
 are left to no field). Areas and perimeters are true metres: planar in a projected CRS (scaled
 by its unit), on the ellipsoid in a geographic one. The output schema is in docs/formats.md.
