@@ -334,13 +334,9 @@ def _walked(polygons: np.ndarray, others: np.ndarray) -> np.ndarray:
     walked = walked[keep]
     kept = np.column_stack([walked % width, walked // width]).astype(np.float64) + low
     kept[start[keep]] = points[source]  # as they were (off the grid too)
-    # close each ring again with its first point
     ring_walk = np.r_[0, np.cumsum(length)][ring_offsets - np.arange(len(ring_offsets))]
     kept_per_ring = np.diff(np.r_[0, np.cumsum(keep)][ring_walk])
-    ends = np.cumsum(kept_per_ring)
-    closed = np.insert(kept, ends, kept[ends - kept_per_ring], axis=0)
-    offsets = np.r_[0, ends + np.arange(1, len(ends) + 1)]
-    return shapely.from_ragged_array(kind, closed, (offsets, polygon_offsets))
+    return _closed_polygons(kind, kept, kept_per_ring, polygon_offsets)
 
 
 def _straight_runs_removed(polygons: np.ndarray) -> np.ndarray:
@@ -380,12 +376,24 @@ def _straight_runs_removed(polygons: np.ndarray) -> np.ndarray:
     keys, owners = np.unique(owner_key, return_counts=True)
     shared_by = owners[np.searchsorted(keys, key)]
     drop = straight & (shared_by <= 2)
-    kept, kept_ring = point[~drop], ring[~drop]
-    per_ring = np.bincount(kept_ring, minlength=n_rings)
+    per_ring = np.bincount(ring[~drop], minlength=n_rings)
+    return _closed_polygons(kind, points[point[~drop]], per_ring, polygon_offsets)
+
+
+def _closed_polygons(
+    kind: shapely.GeometryType,
+    points: np.ndarray,
+    per_ring: np.ndarray,
+    polygon_offsets: np.ndarray,
+) -> np.ndarray:
+    """Polygons from their rings' points, in order and not closed (``per_ring`` points each).
+
+    Each ring is closed again with its first point.
+    """
     ends = np.cumsum(per_ring)
-    closed = np.insert(kept, ends, kept[ends - per_ring])
-    offsets = np.r_[0, ends + np.arange(1, n_rings + 1)]
-    return shapely.from_ragged_array(kind, points[closed], (offsets, polygon_offsets))
+    closed = np.insert(points, ends, points[ends - per_ring], axis=0)
+    offsets = np.r_[0, ends + np.arange(1, len(ends) + 1)]
+    return shapely.from_ragged_array(kind, closed, (offsets, polygon_offsets))
 
 
 def true_area_perimeter(polygons: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
