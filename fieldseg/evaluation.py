@@ -165,6 +165,12 @@ class FieldEvaluation:
             tmp.write_text(json.dumps(self.report, indent=2, allow_nan=False) + "\n")
         return Path(path)
 
+    def write_table(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the printed figures (:meth:`table`) atomically as plain text (``-o *.txt``)."""
+        with atomic_file(path, overwrite=overwrite) as tmp:
+            tmp.write_text(self.table() + "\n")
+        return Path(path)
+
     def write_errors(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the styled ``truth`` and ``predicted`` error layers, a ``.gpkg`` (``--errors``)."""
         from fieldseg.evaluation_report import write_error_layers

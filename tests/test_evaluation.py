@@ -428,6 +428,11 @@ def test_cli_prints_the_table_and_writes_report_map_and_layers(tmp_path: Path) -
     assert again.exit_code == 1
     assert "exists" in again.output and "--overwrite" in again.output
     assert "Traceback" not in again.output
+    text = CliRunner().invoke(main, [*args[:3], "--no-mask-ap", "-o", str(out / "report.txt")])
+    assert text.exit_code == 0, text.output
+    written = (out / "report.txt").read_text()
+    assert "precision 0.875   recall 0.778" in written and not written.startswith("{")
+    assert written.strip() in text.output  # the file holds what was printed
 
 
 def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
@@ -460,7 +465,12 @@ def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
         ["evaluate", str(predicted_path), str(truth_path), "--errors", str(tmp_path / "e.shp")],
     )
     assert wrong.exit_code == 1 and "GeoPackage" in wrong.output
-    for result in (missing, projected, both, wrong):
+    csv = runner.invoke(
+        main, ["evaluate", str(predicted_path), str(truth_path), "-o", str(tmp_path / "r.csv")]
+    )
+    assert csv.exit_code == 1 and "*.json" in csv.output and "*.txt" in csv.output
+    assert not (tmp_path / "r.csv").exists()
+    for result in (missing, projected, both, wrong, csv):
         assert "Traceback" not in result.output
 
 

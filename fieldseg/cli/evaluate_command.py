@@ -16,7 +16,7 @@ from fieldseg.cli.options import label_extent_option, overwrite_option, sparse_o
 @sparse_option("The truth holds only drawn fields: predictions count only where they overlap them.")
 @click.option(
     "-o", "--output", "report_path", type=click.Path(path_type=Path),
-    help="Write the full report as JSON.",
+    help="Write the report: *.json the full report, *.txt the printed figures.",
 )  # fmt: skip
 @click.option(
     "--plot", "plot_path", type=click.Path(path_type=Path),
@@ -94,6 +94,11 @@ def evaluate(
         check_output_file(path, overwrite=overwrite, inputs=inputs)
     if errors_path is not None and errors_path.suffix.lower() != ".gpkg":
         raise ConfigError(f"--errors writes a GeoPackage; name it *.gpkg, not {errors_path.name}")
+    if report_path is not None and report_path.suffix.lower() not in (".json", ".txt"):
+        raise ConfigError(
+            "--output writes the full report as *.json or the printed figures as *.txt, not "
+            f"{report_path.name}"
+        )
     if plot_path is not None and plot_path.suffix.lower() != ".png":
         raise ConfigError(f"--plot writes a PNG; name it *.png, not {plot_path.name}")
     settings = EvaluationSettings(
@@ -115,7 +120,10 @@ def evaluate(
     )
     click.echo(evaluation.table())
     if report_path is not None:
-        evaluation.write_json(report_path, overwrite=overwrite)
+        if report_path.suffix.lower() == ".txt":
+            evaluation.write_table(report_path, overwrite=overwrite)
+        else:
+            evaluation.write_json(report_path, overwrite=overwrite)
         click.echo(f"report: {report_path}")
     if errors_path is not None:
         evaluation.write_errors(errors_path, overwrite=overwrite)
