@@ -20,6 +20,7 @@ from shapely.geometry.base import BaseGeometry
 
 from fieldseg.errors import ConfigError, CRSError, InputFileError
 from fieldseg.vector_io import read_vector
+from fieldseg.wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class FieldLabels:
     def summary(self) -> str:
         """One line on how the labels were cleaned; the drops add up to what was not kept."""
         text = (
-            f"labels: {len(self.fields)} fields kept of {self.n_read} read; "
+            f"labels: {counted(len(self.fields), 'field')} kept of {self.n_read} read; "
             f"{self.n_repaired} invalid geometries repaired, {self.n_dropped_empty} empty or "
             f"non-polygon dropped, {self.n_overlapping_pairs} overlapping pairs "
             "(overlap given to the smaller field)"

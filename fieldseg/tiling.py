@@ -78,6 +78,7 @@ from fieldseg.splits import (
     parse_fractions,
 )
 from fieldseg.vector_io import read_area_of_interest
+from fieldseg.wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +118,8 @@ class TileSummary:
     def lines(self) -> list[str]:
         """A short human-readable report (warnings are logged, not repeated here)."""
         realised = ", ".join(
-            f"{name} {self.chips_by_split[name]} chips ({self.fractions[name]:.1%}, "
-            f"{self.instances_by_split[name]} instances)"
+            f"{name} {counted(self.chips_by_split[name], 'chip')} ({self.fractions[name]:.1%}, "
+            f"{counted(self.instances_by_split[name], 'instance')})"
             for name in SPLITS
         )
         out = [
@@ -324,7 +325,7 @@ def tile_scenes(
             dropped = summary.dropped_split_overlap
             raise InputFileError(
                 "the train split holds no valid pixel"
-                + (f" ({dropped} chips were dropped at split borders)" if dropped else "")
+                + (f" ({counted(dropped, 'chip')} dropped at split borders)" if dropped else "")
                 + ": give train a larger --split share or use larger split blocks"
             )
 
@@ -851,10 +852,10 @@ def _warn_fields_left_out(
                                                            else "")  # fmt: skip
     reasons = []
     if summary.dropped_split_overlap:
-        reasons.append(f"{summary.dropped_split_overlap} chips were dropped for overlapping a "
-                       "chip of another split")  # fmt: skip
+        dropped = counted(summary.dropped_split_overlap, "chip")
+        reasons.append(f"{dropped} dropped for overlapping a chip of another split")
     if summary.skipped_nodata:
-        reasons.append(f"{summary.skipped_nodata} chips had too much nodata")
+        reasons.append(f"{counted(summary.skipped_nodata, 'chip')} skipped for too much nodata")
     advice = (
         "; with sparse labels, train on them all (--split 1,0,0) and evaluate on separately "
         "drawn fields, or use larger --block-size"

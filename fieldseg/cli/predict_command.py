@@ -118,6 +118,7 @@ def predict(
     no two polygons overlap.
     """
     from fieldseg.inference import predict_scene
+    from fieldseg.wording import counted
 
     summary = predict_scene(
         scene,
@@ -138,8 +139,9 @@ def predict(
         write_rasters=write_rasters,
     )
     click.echo(
-        f"fields: {summary.output}: {summary.n_fields} fields over {summary.area_km2:.1f} km2 "
-        f"({summary.n_chips} chips, {summary.n_chips_skipped} without data) in "
+        f"fields: {summary.output}: {counted(summary.n_fields, 'field')} over "
+        f"{summary.area_km2:.1f} km2 ({counted(summary.n_chips, 'chip')}, "
+        f"{summary.n_chips_skipped} without data) in "
         f"{summary.seconds['total']:.1f} s"
     )
     if summary.rasters:

@@ -91,6 +91,7 @@ def train(
     the earlier run is deleted only once the new one has saved its first epoch.
     """
     from fieldseg.training import train as run_training
+    from fieldseg.wording import counted
 
     extra = list(overrides)
     if epochs is not None:
@@ -116,5 +117,6 @@ def train(
         else "no validation"
     )
     click.echo(
-        f"run: {summary.run_dir}: {summary.epochs_done} epochs ({summary.stopped_because}); {best}"
+        f"run: {summary.run_dir}: {counted(summary.epochs_done, 'epoch')} "
+        f"({summary.stopped_because}); {best}"
     )
