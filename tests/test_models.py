@@ -182,6 +182,12 @@ def test_weights_file_first_conv_must_fit_the_bands(tmp_path: Path) -> None:
     torch.save(checkpoint, tmp_path / "same-bands.pt")
     loaded, _ = load_weights_file(target, tmp_path / "same-bands.pt", BANDS)
     assert loaded == len(source.state_dict())
+    run = tmp_path / "run"  # a run folder stands for its best.pt
+    run.mkdir()
+    with pytest.raises(InputFileError, match=r"run holds no best\.pt or last\.pt"):
+        load_weights_file(target, run, BANDS)
+    (tmp_path / "same-bands.pt").rename(run / "best.pt")
+    assert load_weights_file(target, run, BANDS)[0] == len(source.state_dict())
 
 
 def test_chips_keep_their_size_whatever_the_training_chips() -> None:

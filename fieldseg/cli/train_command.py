@@ -51,7 +51,7 @@ from fieldseg.cli.options import device_option, overwrite_option
 @click.option(
     "--weights",
     type=click.Path(path_type=Path),
-    help="Start from a state dict on disk (e.g. a Sentinel-2 pretrained backbone).",
+    help="Start from a state dict on disk (e.g. a Sentinel-2 pretrained backbone) or a run.",
 )
 @click.option(
     "--set",

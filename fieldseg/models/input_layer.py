@@ -109,6 +109,8 @@ def load_weights_file(
 ) -> tuple[int, int]:
     """Load the tensors of a state dict file that fit ``model``; return (loaded, total in file).
 
+    ``path`` may also be a fieldseg run folder, whose ``best.pt`` (else ``last.pt``) is read.
+
     The file's keys may carry another prefix than the model's (``encoder.`` against
     ``detector.backbone.body.``, say): the pair of prefixes under which most keys agree is
     used. Tensors whose shape differs (a head for other classes) are skipped. The first
@@ -120,10 +122,13 @@ def load_weights_file(
         InputFileError: the file is missing, unreadable or holds no state dict.
         ConfigError: nothing fits, or the file was made for other bands.
     """
+    from fieldseg.checkpoint import read_torch_file, resolve_checkpoint_path  # imports models
+
     path = Path(path)
+    if path.is_dir():  # a fieldseg run folder: its best.pt (or last.pt)
+        path = resolve_checkpoint_path(path)
     if not path.is_file():
         raise InputFileError(f"weights file not found: {path}")
-    from fieldseg.checkpoint import read_torch_file  # checkpoint imports the models
 
     state = read_torch_file(path, "a weights file")
     trained_bands = state.get("bands") if isinstance(state, dict) else None
