@@ -115,7 +115,7 @@ class DatasetDescription(_Strict):
             raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputFileError(f"cannot read {path}: {exc}") from exc
-        if raw.get("format") != FORMAT_NAME:
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise InputFileError(f"{path} is not a fieldseg dataset description")
         if raw.get("format_version", 0) > FORMAT_VERSION:
             raise InputFileError(
@@ -125,4 +125,6 @@ class DatasetDescription(_Strict):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise InputFileError(f"{path} is malformed: {exc.errors()[0]['msg']}") from exc
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"]) or "the whole file"
+            raise InputFileError(f"{path} is malformed: {where}: {error['msg']}") from exc

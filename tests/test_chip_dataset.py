@@ -107,6 +107,13 @@ def test_bad_datasets_are_clear_errors(tmp_path: Path, basic_dataset: Dataset) -
     (broken / "dataset.json").write_text(json.dumps(description))
     with pytest.raises(InputFileError, match="upgrade fieldseg"):
         ChipDataset(broken)
+    del description["format_version"], description["scenes"][0]["crs"]
+    (broken / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(InputFileError, match=r"dataset\.json is malformed: scenes\.0\.crs: Field"):
+        ChipDataset(broken)
+    (broken / "dataset.json").write_text("[]")
+    with pytest.raises(InputFileError, match="is not a fieldseg dataset description"):
+        ChipDataset(broken)
 
 
 def test_a_coco_file_of_another_shape_is_one_clear_error(
