@@ -98,7 +98,10 @@ def test_noisy_maps_of_small_rectangles_through_blended_seams_meet_the_dense_tar
     side, no gaps) under the oracle's blur (sigma 1 px) and noise, cut into chips of 64-96 px.
 
     The irregular synthetic scene above stays near 0.89: its misses are mostly fields under
-    4 px across, where the 1 px band on each side leaves at most 2 px of blurred interior."""
+    4 px across, where the 1 px band on each side leaves at most 2 px of blurred interior.
+    Even its exact maps (no blur, no noise) give F1 0.969 with 1.4 % of the fields merged: 12
+    of its 442 fields are 1-2 px across, all band, so the issue's target can only hold where
+    the three-class representation can draw every field; here it does (sides >= 4 px)."""
     truth = rectangle_tiling(np.random.default_rng(seed), (320, 320), low=4)
     transform = Affine(10, 0, 500_000, 0, -10, 5_800_000)
     path = tmp_path / "ids.tif"
