@@ -47,6 +47,7 @@ class Checkpoint:
             chip_size=int(self.data["chip_size"]),
             categories=tuple(self.data["categories"]),
             pixel_size_m=self.data.get("pixel_size_m"),
+            dtype=self.data.get("dtype"),
         )
 
     @property
@@ -113,6 +114,7 @@ def save_checkpoint(
         "chip_size": spec.chip_size,
         "categories": list(spec.categories),
         "pixel_size_m": spec.pixel_size_m,
+        "dtype": spec.dtype,
         "epoch": epoch,
         "metrics": metrics,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -230,6 +230,7 @@ def predict_scene(
         height, width = int(area_window.height), int(area_window.width)
         pixel_m2 = _pixel_area_m2(info, area_window)
         _warn_if_pixel_size_differs(net, _ground_pixel_m(info, area_window))
+        _warn_if_bit_depth_differs(net, info)
         min_area = MIN_FIELD_PIXELS * pixel_m2 if min_area_m2 is None else min_area_m2
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
@@ -634,6 +635,26 @@ def _warn_if_pixel_size_differs(model: FieldModel, pixel_m: float) -> None:
             "field looks %.2g times as wide to it: resample the scene to %.3g m first "
             "(e.g. gdalwarp -tr)",
             pixel_m, trained, trained / pixel_m, trained,
+        )  # fmt: skip
+
+
+def _warn_if_bit_depth_differs(model: FieldModel, info: RasterInfo) -> None:
+    """Warn when the scene stores integers of another width than the training scenes did.
+
+    An 8-bit scene for a model trained on 16-bit reflectances is almost always a picture
+    stretched for display, whose values the statistics check may let pass. Integer types of
+    one width (int16 against uint16) and floating-point scenes are not warned about here.
+    """
+    trained = model.spec.dtype if model.spec is not None else None
+    if trained is None:
+        return
+    scene, learned = np.dtype(info.dtype), np.dtype(trained)
+    if scene.kind in "iu" and learned.kind in "iu" and scene.itemsize != learned.itemsize:
+        logger.warning(
+            "the scene stores %s values; the model was trained on %s scenes: %s",
+            scene.name, learned.name,
+            "an 8-bit scene is usually a picture stretched for display; predict on the "
+            "original data" if scene.itemsize == 1 else "check the bands and their scaling",
         )  # fmt: skip
 
 

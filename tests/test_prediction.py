@@ -599,6 +599,29 @@ def test_pixels_of_another_size_than_the_trained_ones_are_warned_about(
     assert ("resample the scene to 10 m first" in caplog.text) == warned
 
 
+@pytest.mark.parametrize(
+    ("scene", "trained", "warned"),
+    [
+        ("uint8", "uint16", True),  # a display picture for a reflectance model
+        ("uint16", "uint8", True),
+        ("int16", "uint16", False),  # the same width: the statistics check judges the values
+        ("float32", "uint16", False),
+        ("uint8", None, False),  # an older checkpoint: nothing to compare with
+    ],
+)
+def test_scenes_of_another_bit_depth_than_the_trained_ones_are_warned_about(
+    caplog: pytest.LogCaptureFixture, scene: str, trained: str | None, warned: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from fieldseg.inference import _warn_if_bit_depth_differs
+
+    model = SimpleNamespace(spec=SimpleNamespace(dtype=trained))
+    _warn_if_bit_depth_differs(model, SimpleNamespace(dtype=scene))  # type: ignore[arg-type]
+    assert (f"the scene stores {scene} values" in caplog.text) == warned
+    assert ("stretched for display" in caplog.text) == (warned and scene == "uint8")
+
+
 def test_a_pixel_is_measured_on_the_ground_in_any_crs() -> None:
     at_equator = Affine(1e-4, 0, 10.0, 0, -1e-4, 0.0005)  # about 11.1 m
     assert pixel_side_m(CRS.from_epsg(4326), at_equator, 0, 0) == pytest.approx(11.1, rel=0.01)

@@ -55,6 +55,7 @@ def test_a_run_writes_checkpoints_metrics_and_config(tiny_dataset: Path, tmp_pat
     assert raw["bands"] == ["red_d1", "green_d1", "blue_d1", "nir_d1"]
     assert raw["chip_size"] == 64 and raw["categories"] == ["field"] and raw["epoch"] == 2
     assert raw["pixel_size_m"] == pytest.approx(10.0, rel=0.002)  # the scene's 10 m pixels
+    assert raw["dtype"] == "uint16"
     from fieldseg.training import _dataset_hash
 
     assert raw["training_state"]["dataset"] == _dataset_hash(tiny_dataset)

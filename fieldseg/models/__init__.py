@@ -60,6 +60,8 @@ class ModelSpec:
     categories: tuple[str, ...]
     #: The ground size of the training pixels in metres (None: not recorded, older checkpoints).
     pixel_size_m: float | None = None
+    #: The numpy data type of the training scenes, e.g. ``uint16`` (None: older checkpoints).
+    dtype: str | None = None
 
     @classmethod
     def from_description(cls, description: DatasetDescription) -> ModelSpec:
@@ -85,6 +87,7 @@ class ModelSpec:
             chip_size=description.chip_size,
             categories=tuple(c.name for c in sorted(description.categories, key=lambda c: c.id)),
             pixel_size_m=round(float(np.median(sides)), 6) if sides else None,
+            dtype=description.dtype,
         )
 
 
