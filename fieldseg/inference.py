@@ -120,6 +120,7 @@ def predict_scene(
     show_progress: bool | None = None,
     seams: str = "auto",
     write_rasters: str | os.PathLike[str] | None = None,
+    ignore_band_names: bool = False,
 ) -> PredictSummary:
     """Find the fields of a scene and write them as polygons.
 
@@ -155,6 +156,9 @@ def predict_scene(
             chip saw a valid pixel, on the predicted area's grid
             (:mod:`fieldseg.probability_rasters`). Only where chips are blended; other files
             in the folder are left alone, the two maps are replaced only with ``overwrite``.
+        ignore_band_names: match the scene's bands to the model's by position alone (another
+            year's stack, whose names carry other dates); the count must still agree, and the
+            names that differ are logged.
 
     Returns:
         A :class:`PredictSummary`: the output, how many fields, chips (and chips skipped as
@@ -222,7 +226,7 @@ def predict_scene(
     # no more of GDAL's block cache than reading strips of chips needs
     with strip_block_cache(scene, chip_size), open_raster(scene) as src:
         info = raster_info(src)
-        _check_bands(info, net)
+        _check_bands(info, net, ignore_names=ignore_band_names)
         area_window, aoi = _prediction_area(info, extent, bbox)
         if net.checks_scene_statistics:
             _warn_if_statistics_differ(src, info, net, area_window)
@@ -465,11 +469,12 @@ def _load_model(model: FieldModel | str | os.PathLike[str]) -> _LoadedModel:
     )
 
 
-def _check_bands(info: RasterInfo, model: FieldModel) -> None:
+def _check_bands(info: RasterInfo, model: FieldModel, *, ignore_names: bool = False) -> None:
     """The scene must have the model's band count, and its names where both name their bands.
 
     Unnamed bands (``band_1``, ``band_2``, ...: no description in the file) match any names
-    in order, on either side: a model trained on an unnamed scene runs on the named one.
+    in order, on either side: a model trained on an unnamed scene runs on the named one. With
+    ``ignore_names`` other names are only logged.
     """
     expected = list(model.band_names)
     if info.count != len(expected):
@@ -479,10 +484,20 @@ def _check_bands(info: RasterInfo, model: FieldModel) -> None:
         )
     names = list(info.band_names)
     unnamed = list(default_band_names(info.count))
-    if unnamed not in (names, expected) and names != expected:
-        raise InputFileError(
-            f"{info.path} has bands {names}; the model was trained on {expected} (same order)"
-        )
+    if unnamed in (names, expected) or names == expected:
+        return
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(names, expected, strict=True), 1) if a != b]
+    first = "; ".join(f"band {i} is {a!r}, the model's {b!r}" for i, a, b in differ[:3]) + (
+        f"; {len(differ) - 3} more" if len(differ) > 3 else ""
+    )
+    if ignore_names:
+        logger.warning("bands matched by position, their names ignored: %s", first)
+        return
+    raise InputFileError(
+        f"{info.path}'s bands are not the model's: {first}. If they are the same bands under "
+        "other names (another year's dates, say), pass --ignore-band-names "
+        "(ignore_band_names=True in Python) to match them by position"
+    )
 
 
 def _warn_if_dense_grid(chip_size: int, overlap: int, n_chips: int) -> None:

@@ -562,7 +562,10 @@ def test_a_small_area_is_not_judged_by_its_spread(
     ],
 )
 def test_band_names_must_agree_where_both_sides_name_them(
-    scene_bands: tuple[str, ...], model_bands: tuple[str, ...], refused: bool
+    scene_bands: tuple[str, ...],
+    model_bands: tuple[str, ...],
+    refused: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from types import SimpleNamespace
 
@@ -571,10 +574,30 @@ def test_band_names_must_agree_where_both_sides_name_them(
     info = SimpleNamespace(path=Path("scene.tif"), count=2, band_names=scene_bands)
     model = SimpleNamespace(band_names=model_bands)
     if refused:
-        with pytest.raises(InputFileError, match=r"scene\.tif has bands .* \(same order\)"):
+        with pytest.raises(InputFileError, match=r"scene\.tif's bands are not the model's: band "):
             _check_bands(info, model)  # type: ignore[arg-type]
     else:
         _check_bands(info, model)  # type: ignore[arg-type]
+    _check_bands(info, model, ignore_names=True)  # type: ignore[arg-type]
+    assert ("matched by position" in caplog.text) == refused
+
+
+def test_another_years_band_names_name_the_first_differences_and_the_way_out() -> None:
+    from types import SimpleNamespace
+
+    from fieldseg.inference import _check_bands
+
+    names = [f"2021{month}_{band}" for month in ("06", "07") for band in ("blue", "red", "nir")]
+    info = SimpleNamespace(path=Path("y2022.vrt"), count=6,
+                           band_names=[n.replace("2021", "2022") for n in names])  # fmt: skip
+    with pytest.raises(InputFileError) as error:
+        _check_bands(info, SimpleNamespace(band_names=names))  # type: ignore[arg-type]
+    assert str(error.value).startswith(
+        "y2022.vrt's bands are not the model's: band 1 is '202206_blue', the model's "
+        "'202106_blue'; band 2 is '202206_red', the model's '202106_red'; band 3 is "
+        "'202206_nir', the model's '202106_nir'; 3 more. If they are the same bands under other "
+        "names (another year's dates, say), pass --ignore-band-names"
+    )
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,12 @@ from fieldseg.cli.options import device_option, overwrite_option
     help="Also write the blended probability maps into DIR: extent.tif and boundary.tif "
     "(float32 0-1, NaN nodata; blended seams only).",
 )
+@click.option(
+    "--ignore-band-names",
+    is_flag=True,
+    help="Match the scene's bands to the model's by position only (e.g. another year's stack, "
+    "whose band names carry other dates).",
+)
 @device_option
 @click.option(
     "--debug-layers",
@@ -107,6 +113,7 @@ def predict(
     bbox: tuple[float, float, float, float] | None,
     seams: str,
     write_rasters: Path | None,
+    ignore_band_names: bool,
     device: str,
     debug_layers: bool,
     overwrite: bool,
@@ -137,6 +144,7 @@ def predict(
         debug_layers=debug_layers,
         seams=seams,
         write_rasters=write_rasters,
+        ignore_band_names=ignore_band_names,
     )
     click.echo(
         f"fields: {summary.output}: {counted(summary.n_fields, 'field')} over "
