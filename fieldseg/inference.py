@@ -239,6 +239,7 @@ def predict_scene(
         rows = chip_starts(height, chip_size, chip_size - overlap)
         cols = chip_starts(width, chip_size, chip_size - overlap)
         _warn_if_dense_grid(chip_size, overlap, len(rows) * len(cols))
+        _warn_if_mostly_padding(chip_size, loaded.chip_size, height, width)
         rasters: ProbabilityRasterWriter | None = None
         if write_rasters is not None:
             params = net.extraction_params  # type: ignore[attr-defined]
@@ -511,6 +512,21 @@ def _warn_if_dense_grid(chip_size: int, overlap: int, n_chips: int) -> None:
             "--overlap %d leaves a stride of %d px between %d px chips: %d chips, each pixel "
             "predicted about %d times",
             overlap, stride, chip_size, n_chips, round((chip_size / stride) ** 2),
+        )  # fmt: skip
+
+
+def _warn_if_mostly_padding(chip_size: int, trained: int, height: int, width: int) -> None:
+    """Warn when chips larger than the training chips are mostly padding beyond the area.
+
+    ``tile`` refuses such chips; here they run, but the model sees a chip mostly of nodata,
+    unlike anything it learned from, and finds fewer fields.
+    """
+    padding = 1 - min(height, chip_size) * min(width, chip_size) / chip_size**2
+    if chip_size > trained and padding > 0.5:
+        logger.warning(
+            "%d px chips over a %d x %d px area are %.0f%% padding, unlike the model's %d px "
+            "training chips: leave --chip-size at its default",
+            chip_size, height, width, 100 * padding, trained,
         )  # fmt: skip
 
 

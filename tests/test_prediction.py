@@ -623,6 +623,29 @@ def test_pixels_of_another_size_than_the_trained_ones_are_warned_about(
 
 
 @pytest.mark.parametrize(
+    ("chip", "trained", "height", "width", "warned"),
+    [
+        (512, 128, 256, 256, True),  # one chip, 75 % padding
+        (512, 128, 400, 512, False),
+        (128, 128, 40, 40, False),  # the training chips: a small scene is padded as in tile
+        (256, 128, 100, 600, True),
+    ],
+)
+def test_chips_mostly_beyond_the_area_are_warned_about(
+    caplog: pytest.LogCaptureFixture,
+    chip: int,
+    trained: int,
+    height: int,
+    width: int,
+    warned: bool,
+) -> None:
+    from fieldseg.inference import _warn_if_mostly_padding
+
+    _warn_if_mostly_padding(chip, trained, height, width)
+    assert ("leave --chip-size at its default" in caplog.text) == warned
+
+
+@pytest.mark.parametrize(
     ("scene", "trained", "warned"),
     [
         ("uint8", "uint16", True),  # a display picture for a reflectance model
