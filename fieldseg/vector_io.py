@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 from pyproj import CRS as ProjCRS
 
 from fieldseg.atomic_output import atomic_file
@@ -72,10 +73,25 @@ def read_vector(
     if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry is None:
         raise InputFileError(f"vector file {path} has no geometry column")
     if require_crs and frame.crs is None:
-        raise CRSError(
-            f"vector file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 ...)"
-        )
+        raise CRSError(f"vector file {path} has no CRS; {_crs_hint(frame)}")
     return frame
+
+
+def _crs_hint(frame: gpd.GeoDataFrame) -> str:
+    """How to give a file without a CRS the right one, judged by its coordinates."""
+    bounds = frame.total_bounds
+    lon_lat = bool(np.isfinite(bounds).all()) and bool(
+        (np.abs(bounds[[0, 2]]) <= 180).all() and (np.abs(bounds[[1, 3]]) <= 90).all()
+    )
+    if lon_lat:
+        return (
+            "its coordinates look like longitude and latitude: assign EPSG:4326 "
+            "(ogr2ogr -a_srs EPSG:4326 OUT IN)"
+        )
+    return (
+        "its coordinates look projected: assign the CRS they were drawn in, often the "
+        "scene's (ogr2ogr -a_srs EPSG:<code> OUT IN; gdalinfo SCENE names the scene's)"
+    )
 
 
 def layer_names(path: str | os.PathLike[str]) -> list[str]:

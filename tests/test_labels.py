@@ -88,8 +88,12 @@ def test_missing_and_corrupt_label_files(tmp_path: Path) -> None:
 
 def test_labels_without_crs(tmp_path: Path) -> None:
     path = write_labels(tmp_path / "nocrs.shp", [FIELDS["rect_a"]], crs=None)
-    with pytest.raises(CRSError, match=r"nocrs\.shp has no CRS"):
+    with pytest.raises(CRSError, match=r"nocrs\.shp has no CRS; its coordinates look projected"):
         load_field_labels(path)
+    lon_lat = write_labels(tmp_path / "lonlat.shp", [shapely.box(13.1, 48.2, 13.11, 48.21)],
+                           crs=None)  # fmt: skip
+    with pytest.raises(CRSError, match=r"look like longitude and latitude: assign EPSG:4326"):
+        load_field_labels(lon_lat)
 
 
 def test_no_polygon_left(tmp_path: Path) -> None:
