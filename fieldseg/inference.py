@@ -601,31 +601,35 @@ def _prediction_area(
     except rasterio.errors.WindowError:
         window = None
     if window is None or window.width < 1 or window.height < 1:
-        if extent is not None:
-            raise InputFileError(f"--extent does not overlap the scene {info.path}")
-        raise InputFileError(_bbox_outside(info, bounds))
+        raise InputFileError(_area_outside(info, bounds, extent))
     return window, aoi
 
 
-def _bbox_outside(info: RasterInfo, bbox: Sequence[float]) -> str:
-    """Why a bbox misses the scene: the scene's own bounds, and a hint for lon/lat."""
+def _area_outside(
+    info: RasterInfo, bounds: Sequence[float], extent: str | os.PathLike[str] | None
+) -> str:
+    """Why a bbox or an extent misses the scene: where each lies, and a hint."""
     from pyproj import CRS
 
     crs = CRS.from_user_input(info.crs)
     epsg = crs.to_epsg()
-    spans = " ".join(
-        f"{v:.0f}" if crs.is_projected else f"{v:.6g}"
-        for v in array_bounds(info.height, info.width, info.transform)
+
+    def span(values: Sequence[float]) -> str:
+        return " ".join(f"{v:.0f}" if crs.is_projected else f"{v:.6g}" for v in values)
+
+    scene = (
+        f"the scene {info.path}, which spans "
+        f"{span(array_bounds(info.height, info.width, info.transform))} in "
+        f"{f'EPSG:{epsg}' if epsg else crs.name}"
     )
-    degrees = crs.is_projected and all(-180 <= v <= 180 for v in bbox)
-    return (
-        f"--bbox {' '.join(f'{v:g}' for v in bbox)} does not overlap the scene {info.path}, "
-        f"which spans {spans} in {f'EPSG:{epsg}' if epsg else crs.name}"
-        + (
-            "; the bbox looks like longitude/latitude: give it in the scene's CRS"
-            if degrees
-            else ""
+    if extent is not None:
+        return (
+            f"--extent {extent} does not overlap {scene}; the extent spans {span(bounds)} once "
+            "reprojected there: check that its file declares the CRS it was drawn in"
         )
+    degrees = crs.is_projected and all(-180 <= v <= 180 for v in bounds)
+    return f"--bbox {' '.join(f'{v:g}' for v in bounds)} does not overlap {scene}" + (
+        "; the bbox looks like longitude/latitude: give it in the scene's CRS" if degrees else ""
     )
 
 

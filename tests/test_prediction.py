@@ -342,6 +342,13 @@ def test_bad_input_is_one_clear_error(scene: OracleScene, tmp_path: Path) -> Non
     ) as caught:
         predict_scene(scene.ids, OracleFieldModel(), out, bbox=far, show_progress=False)
     assert "longitude" not in str(caught.value)
+    mislabelled = gpd.GeoDataFrame(geometry=[shapely.box(*far)], crs=32634)  # drawn in 32633
+    mislabelled.to_file(tmp_path / "farm.gpkg")
+    with pytest.raises(InputFileError, match=r"--extent .*farm\.gpkg does not overlap the scene .*"
+                       rf"spans {left:.0f} {bottom:.0f} .* in EPSG:32633; the extent spans "
+                       r".* check that its file declares the CRS"):  # fmt: skip
+        predict_scene(scene.ids, OracleFieldModel(), out, extent=tmp_path / "farm.gpkg",
+                      show_progress=False)  # fmt: skip
     with pytest.raises(ConfigError, match="cannot tell the vector format"):
         predict_scene(scene.ids, OracleFieldModel(), tmp_path / "fields.txt", show_progress=False)
     assert not out.exists()
