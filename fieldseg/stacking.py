@@ -103,6 +103,11 @@ def stack_bands(
     if isinstance(files, (str, os.PathLike)):
         files = [files]  # one path, not a sequence of its characters
     paths = [Path(f) for f in files]
+    seen: dict[str, int] = {}
+    for position, path in enumerate(paths, 1):
+        first = seen.setdefault(os.path.abspath(path), position)
+        if first != position:
+            raise ConfigError(f"{path} is given twice (files {first} and {position})")
 
     infos: list[RasterInfo] = []
     blocks: dict[Path, tuple[int, int]] = {}
@@ -128,11 +133,11 @@ def stack_bands(
 
     sources = [(info.path, band) for info in infos for band in range(1, info.count + 1)]
     with atomic_file(output, overwrite=overwrite) as tmp:
-        root = _vrt_tree(reference, blocks, sources, names, vrt_dir=output.parent.resolve())
+        root = _vrt_tree(reference, blocks, sources, names, vrt_dir=_absolute(output.parent))
         ET.indent(root)
         ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=False)
         _verify(tmp, total)
-    logger.info("stacked %d bands from %d files into %s", total, len(paths), output)
+    logger.debug("stacked %d bands from %d files into %s: %s", total, len(paths), output, names)
     return output
 
 
@@ -209,7 +214,7 @@ def _source_filename(path: Path, vrt_dir: Path) -> tuple[str, str]:
 
     Files in, below or beside the VRT's folder can then move together with it.
     """
-    absolute = path.resolve()
+    absolute = _absolute(path)
     try:
         relative = os.path.relpath(absolute, vrt_dir)
     except ValueError:  # another drive on Windows
@@ -217,6 +222,15 @@ def _source_filename(path: Path, vrt_dir: Path) -> tuple[str, str]:
     if Path(relative).parts[:2] == ("..", ".."):
         return str(absolute), "0"
     return relative, "1"
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute without following symbolic links (the path the user gave).
+
+    A VRT stores the paths given: a symlinked data folder then moves with the VRT, and a link
+    named for another date stays named so.
+    """
+    return Path(os.path.abspath(path))
 
 
 def _verify(vrt: Path, expected_bands: int) -> None:

@@ -172,6 +172,26 @@ def test_stacked_vrt_tiles_like_a_geotiff(tmp_path: Path, bands: dict[str, Path]
 # --------------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------------
+def test_symlinked_files_are_stored_as_given(tmp_path: Path, bands: dict[str, Path]) -> None:
+    """Links named for another year point at this year's files: the VRT keeps the links."""
+    linked = tmp_path / "data" / "y2022"
+    linked.mkdir()
+    for colour, path in bands.items():
+        (linked / f"tile_b_{colour}.tif").symlink_to(path)
+    out = tmp_path / "data" / "scene.vrt"
+    stack_bands([linked / f"tile_b_{c}.tif" for c in COLOURS], out)
+    sources = ET.parse(out).getroot().findall(".//SourceFilename")
+    assert [s.text for s in sources] == [f"y2022/tile_b_{c}.tif" for c in COLOURS]
+    assert _read(out)[1]["descriptions"] == COLOURS
+
+
+def test_a_file_given_twice_is_named(tmp_path: Path, bands: dict[str, Path]) -> None:
+    files = [bands["blue"], bands["green"], tmp_path / "data" / "bands" / ".." / "bands" /
+             "tile_a_blue.tif"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"tile_a_blue\.tif is given twice \(files 1 and 3\)"):
+        stack_bands(files, tmp_path / "s.vrt")
+
+
 def test_band_name_count_mismatch(tmp_path: Path, bands: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match=r"2 band names given for 3 bands \(3 files\)"):
         stack_bands(list(bands.values()), tmp_path / "s.vrt", band_names=["a", "b"])

@@ -33,7 +33,11 @@ def stack(
     by date, e.g. `fieldseg stack 0615_{red,green,blue,nir}.tif 0715_{red,green,blue,nir}.tif
     -o scene.vrt`.
     """
+    from fieldseg.raster_io import open_raster
     from fieldseg.stacking import stack_bands
+    from fieldseg.wording import counted
 
     written = stack_bands(files, output, band_names=band_names, overwrite=overwrite)
-    click.echo(f"wrote {written}")
+    with open_raster(written) as src:
+        names = src.descriptions
+    click.echo(f"wrote {written}: {counted(len(names), 'band')} ({', '.join(names)})")
