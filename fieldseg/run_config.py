@@ -74,7 +74,12 @@ class TrainingConfig(_Strict):
 
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
-    max_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="no training step after this wall time, counted from the first step; "
+        "the last epoch's validation and checkpoints follow",
+    )
     early_stopping_patience: int | None = Field(
         5,
         ge=1,

@@ -31,7 +31,8 @@ from fieldseg.cli.options import device_option, overwrite_option
 @click.option(
     "--max-minutes",
     type=click.FloatRange(min=0, min_open=True),
-    help="Stop after this wall time (override training.max_minutes).",
+    help="Take no training step after this wall time, counted from the first step (override "
+    "training.max_minutes); the last epoch's validation and checkpoints follow.",
 )
 @device_option
 @click.option(
