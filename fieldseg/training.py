@@ -473,15 +473,9 @@ def _stalled(epoch: int, best: tuple[int, float] | None, patience: int) -> bool:
 @torch.no_grad()
 def _validate(model: FieldModel, data: ChipDataset, config: RunConfig) -> dict[str, float]:
     """COCO segm and bbox mAP of the model on a split, after the family's calibration on it."""
-    device = next(model.parameters()).device
-    batch = config.training.batch_size
-    calibrated = model.calibrate(data, batch_size=batch)  # before predicting with the settings
-    predictions = {}
-    for start in range(0, len(data), batch):
-        items = [data[i] for i in range(start, min(start + batch, len(data)))]
-        outputs = model.predict([image.to(device) for image, _ in items])
-        for (_, target), output in zip(items, outputs, strict=True):
-            predictions[target["image_id"]] = output
+    calibrated, predictions = model.calibrate_and_predict(
+        data, batch_size=config.training.batch_size
+    )
     metrics = evaluate_chip_predictions(
         data.coco_document, predictions, max_detections=config.training.max_detections
     )

@@ -197,6 +197,14 @@ def test_overfits_two_tiny_chips(tmp_path: Path) -> None:
     f1 = 2 * tp / (n_pred + n_true)
     assert f1 >= 0.9, (f1, tuned)
     assert tuned["object_f1"] >= 0.9
+    # validation runs the model once: calibrating again gives the same settings, and the
+    # fields it returns are predict's
+    again, by_id = model.calibrate_and_predict(chips)
+    assert again == tuned
+    for (_, target), prediction in zip(chips, predictions, strict=True):
+        same = by_id[int(target["image_id"])]
+        assert torch.equal(same.scores, prediction.scores)
+        assert torch.equal(same.dense_masks(), prediction.dense_masks())
 
 
 @pytest.mark.slow

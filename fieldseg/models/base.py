@@ -158,6 +158,24 @@ class FieldModel(nn.Module, ABC):
         """
         return {}
 
+    def calibrate_and_predict(
+        self, data: Any, *, batch_size: int = 4
+    ) -> tuple[dict[str, float], dict[int, ChipPrediction]]:
+        """:meth:`calibrate` on a labelled split, then its chips' predictions by image id.
+
+        What validation needs after every epoch. A family whose calibration already runs the
+        model over the split overrides this to run it only once.
+        """
+        calibrated = self.calibrate(data, batch_size=batch_size)
+        device = next(self.parameters()).device
+        predictions = {}
+        for start in range(0, len(data), batch_size):
+            items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+            outputs = self.predict([image.to(device) for image, _ in items])
+            for (_, target), output in zip(items, outputs, strict=True):
+                predictions[int(target["image_id"])] = output
+        return calibrated, predictions
+
     @property
     def default_score_threshold(self) -> float:
         """The score below which ``predict`` drops fields unless told otherwise.

@@ -243,15 +243,7 @@ class UNetBoundaryFieldModel(FieldModel):
     @torch.no_grad()
     def predict(self, images: Sequence[torch.Tensor]) -> list[ChipPrediction]:
         """Fields of each raw chip by watershed on the predicted maps (see chip_prediction)."""
-        params = self.extraction_params
-        predictions = []
-        for maps in self.dense_maps(images):
-            extent, boundary, valid = maps["extent"], maps["boundary"], maps["valid"]
-            fields = extract_fields(
-                extent.cpu().numpy(), boundary.cpu().numpy(), valid.cpu().numpy(), params
-            )
-            predictions.append(chip_prediction(fields, maps, params))
-        return predictions
+        return [self._fields_of(maps) for maps in self.dense_maps(images)]
 
     def calibrate(self, data: ChipDataset, *, batch_size: int = 4) -> dict[str, float]:
         """Tune the extraction thresholds for the best object F1 on ``data`` (the val split).
@@ -261,21 +253,49 @@ class UNetBoundaryFieldModel(FieldModel):
         """
         if not self.config.tune_on_val or len(data) == 0:
             return {}
+        return self._tuned(
+            [(maps, _truth_labels(t)) for maps, t in self._split_maps(data, batch_size)]
+        )
+
+    def calibrate_and_predict(
+        self, data: ChipDataset, *, batch_size: int = 4
+    ) -> tuple[dict[str, float], dict[int, ChipPrediction]]:
+        """:meth:`calibrate`, then the fields of each chip from the same maps (one model run)."""
+        chips = self._split_maps(data, batch_size)
+        tuned = (
+            self._tuned([(maps, _truth_labels(target)) for maps, target in chips])
+            if self.config.tune_on_val and chips
+            else {}
+        )
+        return tuned, {int(target["image_id"]): self._fields_of(maps) for maps, target in chips}
+
+    def _fields_of(self, maps: dict[str, torch.Tensor]) -> ChipPrediction:
+        """One chip's fields, extracted from its maps with the current settings."""
+        params = self.extraction_params
+        fields = extract_fields(
+            maps["extent"].cpu().numpy(), maps["boundary"].cpu().numpy(),
+            maps["valid"].cpu().numpy(), params,
+        )  # fmt: skip
+        return chip_prediction(fields, maps, params)
+
+    def _split_maps(
+        self, data: ChipDataset, batch_size: int
+    ) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """The maps of every chip of a split, with its target."""
         device = self.extraction.device
-        samples = []
+        chips = []
         for start in range(0, len(data), batch_size):
             items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
             maps = self.dense_maps([image.to(device) for image, _ in items])
-            for (_, target), m in zip(items, maps, strict=True):
-                truth = _truth_labels(target)
-                samples.append(
-                    (
-                        m["extent"].cpu().numpy(),
-                        m["boundary"].cpu().numpy(),
-                        m["valid"].cpu().numpy(),
-                        truth,
-                    )
-                )
+            chips += [(m, target) for (_, target), m in zip(items, maps, strict=True)]
+        return chips
+
+    def _tuned(self, chips: list[tuple[dict[str, torch.Tensor], np.ndarray]]) -> dict[str, float]:
+        """Tune the extraction on maps and truth label images; what was tuned, for the log."""
+        samples = [
+            (m["extent"].cpu().numpy(), m["boundary"].cpu().numpy(), m["valid"].cpu().numpy(), t)
+            for m, t in chips
+        ]
         if not any((truth > 0).any() for *_, truth in samples):
             # nothing to find: F1 would be 1 for finding nothing, and pick this epoch as best
             return {"object_f1": float("nan")}
