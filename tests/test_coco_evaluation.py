@@ -314,6 +314,38 @@ def test_agrees_with_pycocotools_called_directly() -> None:
         assert 0.0 < expected[0] < expected[1] < 1.0  # a case that is not trivial
 
 
+def test_the_fast_engine_scores_as_pycocotools_on_crowded_chips_with_ignore_masks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """faster-coco-eval (the engine used) against pycocotools itself: random fields, shifted,
+    missing and false predictions, two categories and ignore masks, 100 detections kept."""
+    import fieldseg.coco_evaluation as engine
+
+    rng = np.random.default_rng(5)
+    size, fields, found, ignore, labels = 64, {}, {}, {}, {}
+    for image_id in (1, 2, 3):
+        boxes = [(int(r), int(c), int(h), int(w)) for r, c, h, w in zip(
+            rng.integers(0, 56, 80), rng.integers(0, 56, 80), rng.integers(2, 8, 80),
+            rng.integers(2, 8, 80), strict=True)]  # fmt: skip
+        masks = [rect(slice(r, r + h), slice(c, c + w), size) for r, c, h, w in boxes]
+        fields[image_id] = masks[:60]
+        labels[image_id] = rng.integers(1, 3, 60).tolist()
+        shifted = [np.roll(m, int(rng.integers(-2, 3)), axis=1) for m in masks[:50]]
+        predicted = shifted + masks[60:]  # 10 fields missed, 20 false ones
+        found[image_id] = prediction(
+            predicted, rng.uniform(0.3, 1.0, len(predicted)).tolist(),
+            labels[image_id][:50] + rng.integers(1, 3, 20).tolist(), size=size,
+        )  # fmt: skip
+        ignore[image_id] = rect(slice(48, 64), slice(0, 64), size)
+    document = ground_truth(fields, size=size, ignore=ignore, categories=(1, 2), labels=labels)
+    fast = evaluate_chip_predictions(document, found, max_detections=100)
+    monkeypatch.setattr(engine, "COCO", COCO)
+    monkeypatch.setattr(engine, "COCOeval", COCOeval)
+    reference = evaluate_chip_predictions(document, found, max_detections=100)
+    assert fast == pytest.approx(reference, abs=1e-12)
+    assert 0.05 < fast["segm_mAP"] < fast["segm_AP50"] < 1.0  # not a trivial case
+
+
 def test_predictions_for_an_unknown_image_are_refused() -> None:
     with pytest.raises(ValueError, match="not in the ground truth: 7"):
         evaluate_chip_predictions(ground_truth(FIELDS), {7: prediction(FIELDS[1])})
