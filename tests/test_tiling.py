@@ -578,7 +578,7 @@ def test_drawn_fields_left_in_no_chip_are_named(
                           split="1,0,0", sparse=True)  # fmt: skip
     (warning,) = [w for w in summary.warnings if "in no chip" in w]
     assert warning.startswith("1 of 4 labelled fields are in no chip (field_id 1): ")
-    assert "chips had too much nodata" in warning and "--split 1,0,0" in warning
+    assert "3 chips skipped for too much nodata" in warning and "--split 1,0,0" in warning
     assert summary.fields_in_dataset == 3
 
 
