@@ -52,6 +52,7 @@ demo: venv
 		-o $(DEMO_DIR)/fields.gpkg --chip-size 256 --overlap 64
 	$(FIELDSEG) evaluate $(DEMO_DIR)/fields.gpkg $(DEMO_DIR)/test_fields.gpkg \
 		-o $(DEMO_DIR)/report.json --plot $(DEMO_DIR)/errors.png --errors $(DEMO_DIR)/errors.gpkg
+	@echo "demo: model $(DEMO_CONFIG) (the family with the best F1 per CPU minute in benchmarks/models.py)"
 	@echo "demo: predicted fields $(DEMO_DIR)/fields.gpkg, report $(DEMO_DIR)/report.json, map $(DEMO_DIR)/errors.png, training curves $(DEMO_DIR)/training_curves.png"
 
 bench: venv

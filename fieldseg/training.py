@@ -58,6 +58,7 @@ from fieldseg.models.input_layer import load_weights_file
 from fieldseg.progress import progress, progress_shown
 from fieldseg.run_config import RunConfig, load_resumed_config, load_run_config, save_run_config
 from fieldseg.training_curves import plot_training_curves
+from fieldseg.wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +295,15 @@ def _train(
         generator=generator,
         pin_memory=chosen.type == "cuda",
     )
+    if ctx.is_main:
+        logger.info(
+            "training %s on %s (%s) on %s, epochs %d to %d%s",
+            model.family, counted(len(train_data), "train chip"),
+            f"{len(val_data)} val" if val_data is not None else "no val split", chosen,
+            start_epoch + 1, config.training.epochs,
+            f", at most {config.training.max_minutes:g} minutes"
+            if config.training.max_minutes else "",
+        )  # fmt: skip
     started = time.monotonic()
     seconds_before = float(history[-1].get("seconds", 0.0)) if history else 0.0  # resumed
     deadline = (

@@ -476,6 +476,8 @@ def test_train_cli_resume_changes_only_when_the_run_stops(
     resumed = run(*resume, "--epochs", "2", "--max-minutes", "5")
     assert resumed.exit_code == 0, resumed.output
     assert "2 epochs (epochs done)" in stdout_of(resumed)
+    assert "training maskrcnn on " in stderr_of(first)  # which family, on what, says the log
+    assert "on cpu, epochs 2 to 2, at most 5 minutes" in stderr_of(resumed)
     recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert recorded["training"]["epochs"] == 2 and recorded["training"]["max_minutes"] == 5
     assert recorded["optimizer"]["lr"] == 0.002
