@@ -53,7 +53,7 @@ from fieldseg.raster_io import (
 )
 from fieldseg.rasterization import rasterize_mask
 from fieldseg.stitching import FieldBatch, SceneStitcher
-from fieldseg.vector_io import check_vector_format, read_area_of_interest
+from fieldseg.vector_io import check_vector_format, could_be_lon_lat, read_area_of_interest
 
 logger = logging.getLogger(__name__)
 
@@ -627,7 +627,7 @@ def _area_outside(
             f"--extent {extent} does not overlap {scene}; the extent spans {span(bounds)} once "
             "reprojected there: check that its file declares the CRS it was drawn in"
         )
-    degrees = crs.is_projected and all(-180 <= v <= 180 for v in bounds)
+    degrees = crs.is_projected and could_be_lon_lat(bounds)
     return f"--bbox {' '.join(f'{v:g}' for v in bounds)} does not overlap {scene}" + (
         "; the bbox looks like longitude/latitude: give it in the scene's CRS" if degrees else ""
     )

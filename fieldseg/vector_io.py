@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -77,13 +78,19 @@ def read_vector(
     return frame
 
 
+def could_be_lon_lat(bounds: Sequence[float]) -> bool:
+    """Whether ``(xmin, ymin, xmax, ymax)`` lie within longitude and latitude's ranges."""
+    values = np.asarray(bounds, dtype=float)
+    return bool(
+        np.isfinite(values).all()
+        and (np.abs(values[[0, 2]]) <= 180).all()
+        and (np.abs(values[[1, 3]]) <= 90).all()
+    )
+
+
 def _crs_hint(frame: gpd.GeoDataFrame) -> str:
     """How to give a file without a CRS the right one, judged by its coordinates."""
-    bounds = frame.total_bounds
-    lon_lat = bool(np.isfinite(bounds).all()) and bool(
-        (np.abs(bounds[[0, 2]]) <= 180).all() and (np.abs(bounds[[1, 3]]) <= 90).all()
-    )
-    if lon_lat:
+    if could_be_lon_lat(frame.total_bounds):
         return (
             "its coordinates look like longitude and latitude: assign EPSG:4326 "
             "(ogr2ogr -a_srs EPSG:4326 OUT IN)"

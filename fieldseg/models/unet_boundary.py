@@ -253,20 +253,14 @@ class UNetBoundaryFieldModel(FieldModel):
         """
         if not self.config.tune_on_val or len(data) == 0:
             return {}
-        return self._tuned(
-            [(maps, _truth_labels(t)) for maps, t in self._split_maps(data, batch_size)]
-        )
+        return self._tuned(self._split_maps(data, batch_size))
 
     def calibrate_and_predict(
         self, data: ChipDataset, *, batch_size: int = 4
     ) -> tuple[dict[str, float], dict[int, ChipPrediction]]:
         """:meth:`calibrate`, then the fields of each chip from the same maps (one model run)."""
         chips = self._split_maps(data, batch_size)
-        tuned = (
-            self._tuned([(maps, _truth_labels(target)) for maps, target in chips])
-            if self.config.tune_on_val and chips
-            else {}
-        )
+        tuned = self._tuned(chips) if self.config.tune_on_val and chips else {}
         return tuned, {int(target["image_id"]): self._fields_of(maps) for maps, target in chips}
 
     def _fields_of(self, maps: dict[str, torch.Tensor]) -> ChipPrediction:
@@ -290,12 +284,15 @@ class UNetBoundaryFieldModel(FieldModel):
             chips += [(m, target) for (_, target), m in zip(items, maps, strict=True)]
         return chips
 
-    def _tuned(self, chips: list[tuple[dict[str, torch.Tensor], np.ndarray]]) -> dict[str, float]:
-        """Tune the extraction on maps and truth label images; what was tuned, for the log."""
+    def _tuned(
+        self, chips: list[tuple[dict[str, torch.Tensor], dict[str, Any]]]
+    ) -> dict[str, float]:
+        """Tune the extraction on chips' maps and targets; what was tuned, for the log."""
         samples = [
-            (m["extent"].cpu().numpy(), m["boundary"].cpu().numpy(), m["valid"].cpu().numpy(), t)
-            for m, t in chips
-        ]
+            (m["extent"].cpu().numpy(), m["boundary"].cpu().numpy(), m["valid"].cpu().numpy(),
+             _truth_labels(target))
+            for m, target in chips
+        ]  # fmt: skip
         if not any((truth > 0).any() for *_, truth in samples):
             # nothing to find: F1 would be 1 for finding nothing, and pick this epoch as best
             return {"object_f1": float("nan")}
