@@ -275,13 +275,16 @@ class UNetBoundaryFieldModel(FieldModel):
     def _split_maps(
         self, data: ChipDataset, batch_size: int
     ) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-        """The maps of every chip of a split, with its target."""
+        """The maps of every chip of a split (on the CPU: a GPU keeps one batch), its target."""
         device = self.extraction.device
         chips = []
         for start in range(0, len(data), batch_size):
             items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
             maps = self.dense_maps([image.to(device) for image, _ in items])
-            chips += [(m, target) for (_, target), m in zip(items, maps, strict=True)]
+            chips += [
+                ({name: value.cpu() for name, value in m.items()}, target)
+                for (_, target), m in zip(items, maps, strict=True)
+            ]
         return chips
 
     def _tuned(
