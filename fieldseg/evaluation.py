@@ -165,8 +165,18 @@ class FieldEvaluation:
             tmp.write_text(json.dumps(self.report, indent=2, allow_nan=False) + "\n")
         return Path(path)
 
-    def write_table(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the printed figures (:meth:`table`) atomically as plain text (``-o *.txt``)."""
+    def write_report(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the report atomically, by its extension (``-o``).
+
+        ``.json`` holds the full report (as :meth:`write_json`), ``.txt`` the printed figures
+        (:meth:`table`).
+
+        Raises:
+            ConfigError: another extension.
+        """
+        check_report_path(path)
+        if Path(path).suffix.lower() == ".json":
+            return self.write_json(path, overwrite=overwrite)
         with atomic_file(path, overwrite=overwrite) as tmp:
             tmp.write_text(self.table() + "\n")
         return Path(path)
@@ -182,6 +192,15 @@ class FieldEvaluation:
         from fieldseg.evaluation_report import plot_errors
 
         return plot_errors(self, path, overwrite=overwrite)
+
+
+def check_report_path(path: str | os.PathLike[str]) -> None:
+    """Refuse a report path :meth:`FieldEvaluation.write_report` cannot write (before the work)."""
+    if Path(path).suffix.lower() not in (".json", ".txt"):
+        raise ConfigError(
+            "--output writes the full report as *.json or the printed figures as *.txt, not "
+            f"{Path(path).name}"
+        )
 
 
 def evaluate_files(

@@ -721,8 +721,8 @@ def _start_helpers_deaf_to_interrupts(context: multiprocessing.context.BaseConte
 def _leave_interrupts_to_the_main() -> None:
     """In a worker: ignore Ctrl-C, which the terminal sends to every process of the group.
 
-    The main process alone stops the run (cancelling queued batches, letting running ones
-    finish); a worker interrupted on its own printed a traceback, and one interrupted while
+    The main process alone stops the run (it ends the workers, :func:`_stop_workers`); a
+    worker interrupted on its own printed a traceback, and one interrupted while
     holding the pool's queue lock left the main process waiting for it forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)

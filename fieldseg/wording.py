@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """``n`` and the noun in the number that fits it (``plural`` defaults to noun + "s")."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun in the number that fits it: the noun, or the noun + "s"."""
+    return f"{n} {noun if n == 1 else noun + 's'}"

@@ -390,6 +390,11 @@ def test_error_layers_are_styled_geopackage_layers(tmp_path: Path) -> None:
         write_error_layers(evaluation, tmp_path / "errors.shp")
     with pytest.raises(ConfigError, match=r"name it \*\.png"):
         evaluation.plot(tmp_path / "map.jpg")
+    with pytest.raises(ConfigError, match=r"\*\.json or .* \*\.txt, not report\.csv"):
+        evaluation.write_report(tmp_path / "report.csv")
+    assert not (tmp_path / "report.csv").exists()
+    report = json.loads(evaluation.write_report(tmp_path / "report.json").read_text())
+    assert report == json.loads(json.dumps(evaluation.report))
     from fieldseg.evaluation_report import OUTLINED_PREDICTIONS
 
     predicted_kinds = set(evaluation.predicted["error"]) | {"tp", "fp", "split", "merged"}

@@ -8,4 +8,4 @@ from fieldseg.wording import counted
 def test_one_is_singular_and_every_other_count_plural() -> None:
     assert counted(1, "chip") == "1 chip"
     assert [counted(n, "epoch") for n in (0, 2, 11)] == ["0 epochs", "2 epochs", "11 epochs"]
-    assert counted(3, "field", "fields kept") == "3 fields kept"
+    assert counted(1, "train chip") == "1 train chip"

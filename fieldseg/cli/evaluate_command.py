@@ -84,7 +84,7 @@ def evaluate(
 
     from fieldseg.atomic_output import check_output_file
     from fieldseg.errors import ConfigError
-    from fieldseg.evaluation import EvaluationSettings, evaluate_files
+    from fieldseg.evaluation import EvaluationSettings, check_report_path, evaluate_files
 
     outputs = [p for p in (report_path, plot_path, errors_path) if p is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
@@ -94,11 +94,8 @@ def evaluate(
         check_output_file(path, overwrite=overwrite, inputs=inputs)
     if errors_path is not None and errors_path.suffix.lower() != ".gpkg":
         raise ConfigError(f"--errors writes a GeoPackage; name it *.gpkg, not {errors_path.name}")
-    if report_path is not None and report_path.suffix.lower() not in (".json", ".txt"):
-        raise ConfigError(
-            "--output writes the full report as *.json or the printed figures as *.txt, not "
-            f"{report_path.name}"
-        )
+    if report_path is not None:
+        check_report_path(report_path)
     if plot_path is not None and plot_path.suffix.lower() != ".png":
         raise ConfigError(f"--plot writes a PNG; name it *.png, not {plot_path.name}")
     settings = EvaluationSettings(
@@ -120,10 +117,7 @@ def evaluate(
     )
     click.echo(evaluation.table())
     if report_path is not None:
-        if report_path.suffix.lower() == ".txt":
-            evaluation.write_table(report_path, overwrite=overwrite)
-        else:
-            evaluation.write_json(report_path, overwrite=overwrite)
+        evaluation.write_report(report_path, overwrite=overwrite)
         click.echo(f"report: {report_path}")
     if errors_path is not None:
         evaluation.write_errors(errors_path, overwrite=overwrite)
