@@ -1,10 +1,12 @@
 """Stitched fields -> georeferenced polygons with their attributes.
 
-Polygons are traced on the pixel grid (``rasterio.features.shapes``, 4-connected) through the
-predicted area's transform, so they are exact and neighbours share their edges; optionally they
-are simplified as a coverage, so that neighbours still share their (simplified) edges. Either way
-they are noded (:func:`_noded`): shared edges have the same vertices on both sides, a valid
-coverage that reprojects without slivers. A field whose
+Polygons are traced on the pixel grid (:mod:`fieldseg.outline_tracing`, 4-connected, the
+polygons of ``rasterio.features.shapes``) through the predicted area's transform, so they are
+exact and neighbours share their edges; optionally they are simplified as a coverage, so that
+neighbours still share their (simplified) edges. Either way they are noded: shared edges have
+the same vertices on both sides, a valid coverage that reprojects without slivers (the tracer
+nodes the fields of one batch as it walks their outlines; :func:`_noded` adds the vertices of
+fields traced in other batches). A field whose
 pixels fall apart into several pieces keeps its largest piece; the others are dropped (they
 are left to no field). Areas and perimeters are true metres: planar in a projected CRS (scaled
 by its unit), on the ellipsoid in a geographic one. The output schema is in docs/formats.md.
@@ -12,18 +14,17 @@ by its unit), on the ellipsoid in a geographic one. The output schema is in docs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from itertools import chain
+from collections.abc import Sequence
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
 from pyproj import CRS, Geod
-from rasterio import features
 from rasterio.transform import Affine
 from shapely.geometry.polygon import orient
 
+from fieldseg.outline_tracing import trace_outlines
 from fieldseg.stitching import FieldBatch
 
 #: Rounds of simplification that take spoilt small fields out before all stay exact.
@@ -84,14 +85,17 @@ class FieldTracer:
         over the fields still held.
         """
         polygons, frame, bottom = self._traced(batch)
-        walk = np.ones(len(polygons), bool)
+        # exact outlines come noded among the batch's fields; simplified ones are walked
+        walk = np.full(len(polygons), bool(self.simplify_px))
         if len(self._held):
-            # held fields are noded among themselves already: only those the new ones touch
-            # can gain vertices
+            # held fields are noded among themselves already: only those the new ones touch,
+            # and the new ones touching them, can gain vertices
             touched = np.zeros(len(self._held), bool)
             if len(polygons):
                 tree = shapely.STRtree(self._held)
-                touched[tree.query(polygons, predicate="intersects")[1]] = True
+                new, old = tree.query(polygons, predicate="intersects")
+                touched[old] = True
+                walk[new] = True
             walk = np.concatenate([touched, walk])
             polygons = np.concatenate([self._held, polygons])
             frame = pd.concat([self._held_frame, frame], ignore_index=True)
@@ -163,13 +167,13 @@ class FieldTracer:
         Returns their pieces (simplified if asked), each piece's field index, and the pieces'
         exact pixel outlines.
         """
-        shift = Affine.translation(0, batch.row_offset)
         labels = batch.labels
         # simplified, the batch's fields and the land between them are one coverage; fields
         # of other batches (-1) are left out, so edges against them are its fixed boundary
         mask = labels >= 0 if self.simplify_px else labels > 0
-        traced = features.shapes(labels, mask=mask, connectivity=4, transform=shift)
-        polygons, values = _polygons(traced)
+        polygons, values = trace_outlines(
+            labels, mask, row_offset=batch.row_offset, nodes=not self.simplify_px
+        )
         values = values - 1
         exact = np.asarray(polygons, dtype=object)
         simple = self._simplified(exact, values >= 0) if self.simplify_px and len(exact) else exact
@@ -229,27 +233,6 @@ class FieldTracer:
     def _to_world(self, coords: np.ndarray) -> np.ndarray:
         x, y = self.transform * (coords[:, 0], coords[:, 1])
         return np.column_stack([x, y])
-
-
-def _polygons(traced: Iterable[tuple[dict, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Polygons and values from ``features.shapes``, built in one call rather than one by one.
-
-    Every ring's coordinates go into one array (ring and polygon offsets beside it), which
-    ``shapely.from_ragged_array`` turns into the same polygons ``shapely.geometry.shape`` makes.
-    """
-    rings_of, values = [], []
-    for geometry, value in traced:
-        rings_of.append(geometry["coordinates"])  # a Polygon: its shell, then its holes
-        values.append(value)
-    if not values:
-        return np.empty(0, dtype=object), np.zeros(0, np.int64)
-    rings = list(chain.from_iterable(rings_of))
-    ring_ends = np.cumsum([len(ring) for ring in rings])
-    points = chain.from_iterable(chain.from_iterable(rings))
-    coords = np.fromiter(points, np.float64, count=2 * int(ring_ends[-1])).reshape(-1, 2)
-    offsets = (np.r_[0, ring_ends], np.r_[0, np.cumsum([len(r) for r in rings_of])])
-    polygons = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, offsets)
-    return polygons, np.asarray(values).astype(np.int64)
 
 
 def _largest_polygon(geometry: object) -> object:

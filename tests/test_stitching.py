@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import shapely
-from rasterio import features
 
 from fieldseg.chip_resolution import ResolvedChip
-from fieldseg.field_polygons import _polygons
 from fieldseg.stitching import FieldBatch, SceneStitcher
 
 CHIP, OVERLAP = 16, 6
@@ -149,22 +146,3 @@ def test_pairs_are_joined_in_bulk_as_one_by_one() -> None:
     expected = [find(i) for i in range(len(parent))]
     assert stitcher._instances.roots().tolist() == expected
     assert len(set(expected)) < len(expected) - 100  # many were joined
-
-
-def test_polygons_are_built_as_shapely_builds_them_one_by_one() -> None:
-    labels = np.zeros((20, 24), np.int32)
-    labels[1:12, 1:12] = 1
-    labels[4:7, 4:7] = 0  # a hole
-    labels[8:10, 8:10] = 2  # a field inside another's hole
-    labels[7:11, 7:11][labels[7:11, 7:11] == 1] = 0
-    labels[14:18, 2:20] = 3
-    labels[15:17, 10] = 0  # two holes side by side
-    labels[15:17, 14] = 0
-    labels[2:6, 15:22] = 4
-    labels[3, 18] = 4
-    traced = list(features.shapes(labels, mask=labels > 0, connectivity=4))
-    polygons, values = _polygons(iter(traced))
-    expected = [shapely.geometry.shape(g) for g, _ in traced]
-    assert np.array_equal(shapely.to_wkb(polygons), shapely.to_wkb(expected))
-    assert values.tolist() == [int(v) for _, v in traced]
-    assert len(_polygons(iter([]))[0]) == 0
