@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from fieldseg.chip_resolution import ResolvedChip
@@ -66,28 +67,41 @@ class _Chip:
     index: int
     row: int
     col: int
-    labels: np.ndarray  # global instance ids, 0 none
     local: np.ndarray  # the chip's own instance numbers (1..size), 0 none
     first: int  # the global id of the chip's instance 1
     size: int  # the chip's instances
 
     @property
     def bottom(self) -> int:
-        return self.row + self.labels.shape[0]
+        return self.row + self.local.shape[0]
+
+
+def _zeros(dtype: type) -> np.ndarray:
+    return np.zeros(1024, dtype)
 
 
 @dataclass
 class _Instances:
-    """Growable per-instance arrays (id 0 is the 'no instance' sentinel)."""
+    """Growable per-instance arrays (id 0 is the 'no instance' sentinel).
+
+    Linked instances form a tree (``parent``) whose root is the smallest id; each root also
+    keeps its members as a list (``next_member`` from the root, ``last_member`` its end), so
+    that joining two fields can check that no chip gives both an instance.
+    """
 
     size: int = 1
-    parent: np.ndarray = field(default_factory=lambda: np.zeros(1024, np.int64))
-    score: np.ndarray = field(default_factory=lambda: np.zeros(1024, np.float32))
-    class_id: np.ndarray = field(default_factory=lambda: np.zeros(1024, np.int64))
+    parent: np.ndarray = field(default_factory=lambda: _zeros(np.int64))
+    score: np.ndarray = field(default_factory=lambda: _zeros(np.float32))
+    class_id: np.ndarray = field(default_factory=lambda: _zeros(np.int64))
     chip: np.ndarray = field(default_factory=lambda: np.full(1024, -1, np.int64))
-    min_row: np.ndarray = field(default_factory=lambda: np.zeros(1024, np.int64))
-    max_row: np.ndarray = field(default_factory=lambda: np.zeros(1024, np.int64))
-    cut: np.ndarray = field(default_factory=lambda: np.zeros(1024, bool))
+    min_row: np.ndarray = field(default_factory=lambda: _zeros(np.int64))
+    max_row: np.ndarray = field(default_factory=lambda: _zeros(np.int64))
+    cut: np.ndarray = field(default_factory=lambda: _zeros(bool))
+    next_member: np.ndarray = field(default_factory=lambda: np.full(1024, -1, np.int64))
+    last_member: np.ndarray = field(default_factory=lambda: _zeros(np.int64))
+
+    _NAMES = ("parent", "score", "class_id", "chip", "min_row", "max_row", "cut",
+              "next_member", "last_member")  # fmt: skip
 
     def add(self, n: int) -> int:
         """Room for ``n`` new instances; returns the first new id."""
@@ -95,12 +109,15 @@ class _Instances:
         self.size += n
         if self.size > len(self.parent):
             capacity = max(self.size, 2 * len(self.parent))
-            for name in ("parent", "score", "class_id", "chip", "min_row", "max_row", "cut"):
+            for name in self._NAMES:
                 old = getattr(self, name)
                 new = np.zeros(capacity, old.dtype)
                 new[: len(old)] = old
                 setattr(self, name, new)
-        self.parent[first : self.size] = np.arange(first, self.size)
+        new_ids = np.arange(first, self.size)
+        self.parent[first : self.size] = new_ids
+        self.next_member[first : self.size] = -1
+        self.last_member[first : self.size] = new_ids
         return first
 
     def roots(self) -> np.ndarray:
@@ -143,13 +160,13 @@ class SceneStitcher:
         self.background_weight = background_weight
         self.link_iou = link_iou
         self._instances = _Instances()
-        self._chip_sets: dict[int, set[int]] = {}
         self._live: list[_Chip] = []
         self._n_chips = 0
         self._top = 0  # scene row of the buffers' first row
-        self._owner = np.zeros((0, width), np.int32)
-        self._vote = np.zeros((0, width), np.float32)
-        self._valid = np.ones((0, width), bool)
+        self._owner_store = np.zeros((0, width), np.int32)
+        self._vote_store = np.zeros((0, width), np.float32)
+        self._valid_store = np.ones((0, width), bool)
+        self._views(0)
         self._emitted = np.zeros(1024, bool)
         self._weights: dict[tuple[int, int, bool, bool, bool, bool], np.ndarray] = {}
 
@@ -167,9 +184,8 @@ class SceneStitcher:
         index = self._n_chips
         self._n_chips += 1
         first = self._instances.add(len(chip))
-        ids = np.where(local > 0, local + (first - 1), 0).astype(np.int32)
         self._register(index, first, chip, local, row)
-        placed = _Chip(index, row, col, ids, local, first, len(chip))
+        placed = _Chip(index, row, col, local, first, len(chip))
         self._live = [c for c in self._live if c.bottom > row]
         for other in self._live:
             self._link(other, placed)
@@ -186,116 +202,50 @@ class SceneStitcher:
         inst.chip[first:last] = index
         inst.min_row[first:last] = row
         inst.max_row[first:last] = row - 1  # an instance cut away entirely is never open
-        if local.size == 0:
-            return
-        # instances x rows: which instance shows in which row
-        rows = local.shape[0]
-        present = np.zeros((len(chip) + 1, rows), bool)
-        present.ravel()[(local * rows + np.arange(rows)[:, None]).ravel()] = True
-        present = present[1:]
-        seen = np.flatnonzero(present.any(axis=1))
-        top = present.argmax(axis=1)
-        bottom = rows - 1 - present[:, ::-1].argmax(axis=1)
-        inst.min_row[first + seen] = row + top[seen]
-        inst.max_row[first + seen] = row + bottom[seen]
+        if local.size:
+            _row_span(local, row, inst.min_row[first - 1 : last], inst.max_row[first - 1 : last])
 
     def _link(self, a: _Chip, b: _Chip) -> None:
         """Join the instances of two chips whose masks agree where the chips overlap."""
         top, bottom = max(a.row, b.row), min(a.bottom, b.bottom)
         left = max(a.col, b.col)
-        right = min(a.col + a.labels.shape[1], b.col + b.labels.shape[1])
+        right = min(a.col + a.local.shape[1], b.col + b.local.shape[1])
         if top >= bottom or left >= right:
             return
-        la = a.local[top - a.row : bottom - a.row, left - a.col : right - a.col].ravel()
-        lb = b.local[top - b.row : bottom - b.row, left - b.col : right - b.col].ravel()
-        # the instances of each chip seen in the overlap, numbered 1.. (0: none)
-        area_a = np.bincount(la, minlength=a.size + 1)
-        area_b = np.bincount(lb, minlength=b.size + 1)
-        ids_a = np.flatnonzero(area_a[1:]) + 1
-        ids_b = np.flatnonzero(area_b[1:]) + 1
-        if len(ids_a) == 0 or len(ids_b) == 0:
-            return
-        seen_a = np.zeros(a.size + 1, np.int64)
-        seen_a[ids_a] = np.arange(1, len(ids_a) + 1)
-        seen_b = np.zeros(b.size + 1, np.int64)
-        seen_b[ids_b] = np.arange(1, len(ids_b) + 1)
-        columns = len(ids_b) + 1
-        pairs = np.bincount(seen_a[la] * columns + seen_b[lb], minlength=(len(ids_a) + 1) * columns)
-        common = pairs.reshape(len(ids_a) + 1, columns)[1:, 1:]
-        pa, pb = np.nonzero(common)  # by instance of a, then of b
-        common = common[pa, pb]
-        union = area_a[ids_a[pa]] + area_b[ids_b[pb]] - common
-        agree = common > self.link_iou * union
-        self._join(ids_a[pa[agree]] + (a.first - 1), ids_b[pb[agree]] + (b.first - 1))
+        la = a.local[top - a.row : bottom - a.row, left - a.col : right - a.col]
+        lb = b.local[top - b.row : bottom - b.row, left - b.col : right - b.col]
+        xs, ys = _agreeing_pairs(la, lb, a.size, b.size, self.link_iou)
+        self._join(xs + (a.first - 1), ys + (b.first - 1))
 
     def _join(self, xs: np.ndarray, ys: np.ndarray) -> None:
-        """Join instances ``xs[k]`` and ``ys[k]`` pair after pair, never two of one chip.
-
-        Roots are found for all pairs at once; a root that an earlier pair of this call joined
-        to another is followed to its new root.
-        """
+        """Join instances ``xs[k]`` and ``ys[k]`` pair after pair, never two of one chip."""
         if len(xs) == 0:
             return
         inst = self._instances
-        roots_x, roots_y = self._roots_of(xs), self._roots_of(ys)
-        moved: dict[int, int] = {}  # root -> the root it was joined to, in this call
-        for rx, ry, chip_x, chip_y in zip(
-            roots_x.tolist(),
-            roots_y.tolist(),
-            inst.chip[roots_x].tolist(),
-            inst.chip[roots_y].tolist(),
-            strict=True,
-        ):
-            while rx in moved:
-                rx = moved[rx]
-            while ry in moved:
-                ry = moved[ry]
-            if rx == ry:
-                continue
-            # a root without a set is a lone instance (a moved root always has one)
-            chips_x = self._chip_sets.get(rx) or {chip_x}
-            chips_y = self._chip_sets.get(ry) or {chip_y}
-            if not chips_x.isdisjoint(chips_y):
-                continue  # two instances of one chip are two fields, whatever links them
-            root, child = (rx, ry) if rx < ry else (ry, rx)
-            inst.parent[child] = root
-            self._chip_sets[root] = chips_x | chips_y
-            self._chip_sets.pop(child, None)
-            moved[child] = root
-
-    def _roots_of(self, ids: np.ndarray) -> np.ndarray:
-        """The roots of instance ``ids`` (halving the paths walked)."""
-        parent = self._instances.parent
-        while True:
-            up = parent[ids]
-            if np.array_equal(up, ids):
-                return ids
-            grand = parent[up]
-            parent[ids] = grand
-            ids = grand
+        _join_pairs(
+            inst.parent, inst.chip, inst.next_member, inst.last_member,
+            np.asarray(xs, np.int64), np.asarray(ys, np.int64),
+        )  # fmt: skip
 
     def _paint(
         self, row: int, col: int, chip: ResolvedChip, placed: _Chip, valid: np.ndarray
     ) -> None:
         """Let the chip's votes take the pixels where they are stronger than earlier ones."""
-        ids = placed.labels
-        rows, cols = ids.shape
+        rows, cols = placed.local.shape
         self._grow_buffers(row + rows)
         weight = self._edge_weight(row, col, rows, cols)
-        cut = self._cut_instances(row, col, ids)
-        self._instances.cut[cut] = True
+        cut = self._cut_instances(row, col, placed.local)
+        self._instances.cut[cut + (placed.first - 1)] = True
         # the vote's factor by the chip's own instance number (0: background)
         factor = np.ones(placed.size + 1, np.float32)
-        factor[cut - (placed.first - 1)] = self.cut_penalty
+        factor[cut] = self.cut_penalty
         factor[0] = self.background_weight
-        vote = chip.probability[:rows, :cols] * weight * factor[placed.local]
         r0 = row - self._top
-        owner = self._owner[r0 : r0 + rows, col : col + cols]
-        votes = self._vote[r0 : r0 + rows, col : col + cols]
-        stronger = vote > votes
-        np.copyto(owner, ids, where=stronger)
-        np.copyto(votes, vote, where=stronger)
-        self._valid[r0 : r0 + rows, col : col + cols] &= valid
+        window = np.s_[r0 : r0 + rows, col : col + cols]
+        _paint_votes(
+            self._owner[window], self._vote[window], self._valid[window],
+            chip.probability[:rows, :cols], weight, factor, placed.local, placed.first, valid,
+        )  # fmt: skip
 
     def _edge_weight(self, row: int, col: int, rows: int, cols: int) -> np.ndarray:
         """Vote weight by distance to the chip's edges that lie inside the area."""
@@ -312,7 +262,7 @@ class SceneStitcher:
         return self._weights[key]
 
     def _cut_instances(self, row: int, col: int, ids: np.ndarray) -> np.ndarray:
-        """Instance ids that reach a chip edge lying inside the area."""
+        """The chip's instance numbers that reach a chip edge lying inside the area."""
         edges = []
         if row > 0:
             edges.append(ids[0])
@@ -328,12 +278,27 @@ class SceneStitcher:
         return found[found > 0]
 
     def _grow_buffers(self, bottom: int) -> None:
-        missing = bottom - (self._top + self._owner.shape[0])
-        if missing > 0:
-            width = self.width
-            self._owner = np.vstack([self._owner, np.zeros((missing, width), np.int32)])
-            self._vote = np.vstack([self._vote, np.full((missing, width), -1.0, np.float32)])
-            self._valid = np.vstack([self._valid, np.ones((missing, width), bool)])
+        """Rows down to scene row ``bottom`` in the pixel buffers (room doubles as needed)."""
+        rows = self._owner.shape[0]
+        missing = bottom - (self._top + rows)
+        if missing <= 0:
+            return
+        if rows + missing > self._owner_store.shape[0]:
+            capacity = max(rows + missing, 2 * self._owner_store.shape[0])
+            for name in ("_owner_store", "_vote_store", "_valid_store"):
+                old = getattr(self, name)
+                new = np.empty((capacity, self.width), old.dtype)
+                new[:rows] = old[:rows]
+                setattr(self, name, new)
+        self._owner_store[rows : rows + missing] = 0
+        self._vote_store[rows : rows + missing] = -1.0
+        self._valid_store[rows : rows + missing] = True
+        self._views(rows + missing)
+
+    def _views(self, rows: int) -> None:
+        self._owner = self._owner_store[:rows]
+        self._vote = self._vote_store[:rows]
+        self._valid = self._valid_store[:rows]
 
     # -- fields out -----------------------------------------------------------------------
 
@@ -367,11 +332,11 @@ class SceneStitcher:
     def _emit(self, roots: np.ndarray, is_open: np.ndarray, end: int) -> FieldBatch | None:
         inst = self._instances
         owner = self._owner[:end]
-        root_of = roots[owner]
+        pixels = _pixel_counts(owner, inst.size)  # pixels each instance gave its field
         # the fields to hand over: roots seen here, finished and not handed over before (the
         # root of no instance, 0, stays open)
         is_field = np.zeros(inst.size, bool)
-        is_field[root_of] = True
+        is_field[roots[pixels > 0]] = True
         is_field &= ~is_open & ~self._emitted[: inst.size]
         field_roots = np.flatnonzero(is_field)
         if len(field_roots) == 0:
@@ -380,9 +345,9 @@ class SceneStitcher:
         # by root: its field number (1..n), -1 a field of another batch, 0 no field
         number = np.where(is_field, np.cumsum(is_field, dtype=np.int32), np.int32(-1))
         number[0] = 0
-        labels = number[root_of]
-        # pixels each instance gave its field
-        pixels = np.bincount(owner.ravel(), minlength=inst.size)
+        labels, touches = _field_labels(
+            owner, self._valid, roots, number, n, self._top == 0, self.height - 1 - self._top
+        )
         given = np.flatnonzero((pixels > 0) & is_field[roots])
         pixels = pixels[given]
         field_of = np.searchsorted(field_roots, roots[given])
@@ -400,10 +365,6 @@ class SceneStitcher:
         # joined across a seam: pixels from two or more chips, and a chip edge cut a piece
         was_cut = np.bincount(member_field, weights=inst.cut[members], minlength=n) > 0
         seam_merged = (np.bincount(giving_chips >> 32, minlength=n) > 1) & was_cut
-        touching = labels[self._near_invalid(end)]
-        touches = np.zeros(n + 1, bool)
-        touches[touching[touching > 0]] = True
-        touches = touches[1:]
         self._emitted[field_roots] = True
         return FieldBatch(
             row_offset=self._top,
@@ -412,30 +373,217 @@ class SceneStitcher:
             class_id=class_id,
             n_chips=n_chips,
             seam_merged=seam_merged,
-            touches_edge_or_nodata=touches,
+            touches_edge_or_nodata=touches[1:],
         )
 
-    def _near_invalid(self, end: int) -> np.ndarray:
-        """Pixels of buffer rows [0, end) on the area's edge or beside nodata."""
-        rows = min(end + 1, self._valid.shape[0])
-        invalid = ~self._valid[:rows]
-        near = invalid.copy()
-        near[1:] |= invalid[:-1]
-        near[:-1] |= invalid[1:]
-        near[:, 1:] |= invalid[:, :-1]
-        near[:, :-1] |= invalid[:, 1:]
-        near[:, 0] = near[:, -1] = True
-        if self._top == 0:
-            near[0] = True
-        if self._top + rows == self.height:
-            near[-1] = True
-        return near[:end]
-
     def _trim(self, new_top: int) -> None:
+        """Forget the buffer rows above scene row ``new_top`` (the rest move up in place)."""
         drop = new_top - self._top
         if drop <= 0:
             return
-        self._owner = self._owner[drop:].copy()
-        self._vote = self._vote[drop:].copy()
-        self._valid = self._valid[drop:].copy()
+        rows = max(0, self._owner.shape[0] - drop)
+        for store in (self._owner_store, self._vote_store, self._valid_store):
+            store[:rows] = store[drop : drop + rows]  # numpy copies overlapping rows safely
+        self._views(rows)
         self._top = new_top
+
+
+# -- compiled kernels ---------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _row_span(local: np.ndarray, row: int, min_row: np.ndarray, max_row: np.ndarray) -> None:
+    """First and last scene row of each instance of a chip (``min_row[k]`` for number k).
+
+    ``min_row`` and ``max_row`` are views from the chip's instance 0, so only entries
+    1.. change, and only for instances the chip shows.
+    """
+    for r in range(local.shape[0]):
+        for c in range(local.shape[1]):
+            k = local[r, c]
+            if k == 0:
+                continue
+            if max_row[k] < min_row[k] or row + r < min_row[k]:
+                min_row[k] = row + r
+            if row + r > max_row[k]:
+                max_row[k] = row + r
+
+
+@numba.njit(cache=True)
+def _agreeing_pairs(
+    la: np.ndarray, lb: np.ndarray, size_a: int, size_b: int, link_iou: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Instance pairs of two chips whose masks agree where the chips overlap.
+
+    ``la`` and ``lb`` are the chips' own instance numbers over the overlap. Returns the
+    pairs (numbers of a, numbers of b) whose intersection over union there exceeds
+    ``link_iou``, by instance of a, then of b.
+    """
+    area_a = np.zeros(size_a + 1, np.int64)
+    area_b = np.zeros(size_b + 1, np.int64)
+    for r in range(la.shape[0]):
+        for c in range(la.shape[1]):
+            area_a[la[r, c]] += 1
+            area_b[lb[r, c]] += 1
+    # the instances seen in the overlap, numbered 1.. (0: none)
+    seen_a = np.zeros(size_a + 1, np.int64)
+    seen_b = np.zeros(size_b + 1, np.int64)
+    ids_a = np.zeros(size_a + 1, np.int64)
+    ids_b = np.zeros(size_b + 1, np.int64)
+    n_a = n_b = 0
+    for k in range(1, size_a + 1):
+        if area_a[k]:
+            n_a += 1
+            seen_a[k] = n_a
+            ids_a[n_a] = k
+    for k in range(1, size_b + 1):
+        if area_b[k]:
+            n_b += 1
+            seen_b[k] = n_b
+            ids_b[n_b] = k
+    columns = n_b + 1
+    common = np.zeros((n_a + 1) * columns, np.int64)
+    for r in range(la.shape[0]):
+        for c in range(la.shape[1]):
+            common[seen_a[la[r, c]] * columns + seen_b[lb[r, c]]] += 1
+    agree = np.zeros((n_a + 1) * columns, np.bool_)
+    found = 0
+    for i in range(1, n_a + 1):
+        for j in range(1, n_b + 1):
+            both = common[i * columns + j]
+            if both and both > link_iou * (area_a[ids_a[i]] + area_b[ids_b[j]] - both):
+                agree[i * columns + j] = True
+                found += 1
+    xs = np.empty(found, np.int64)
+    ys = np.empty(found, np.int64)
+    found = 0
+    for i in range(1, n_a + 1):
+        for j in range(1, n_b + 1):
+            if agree[i * columns + j]:
+                xs[found] = ids_a[i]
+                ys[found] = ids_b[j]
+                found += 1
+    return xs[:found], ys[:found]
+
+
+@numba.njit(cache=True)
+def _root(parent: np.ndarray, x: int) -> int:
+    """The root of instance ``x`` (halving the path walked)."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@numba.njit(cache=True)
+def _join_pairs(
+    parent: np.ndarray,
+    chip: np.ndarray,
+    next_member: np.ndarray,
+    last_member: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> None:
+    """Join ``xs[k]`` and ``ys[k]`` in turn, unless a chip has an instance in both fields.
+
+    The smaller root stays the root; the other field's member list is appended to its own.
+    """
+    for k in range(len(xs)):
+        rx, ry = _root(parent, xs[k]), _root(parent, ys[k])
+        if rx == ry:
+            continue
+        shared = False
+        a = rx
+        while a >= 0 and not shared:
+            b = ry
+            while b >= 0:
+                if chip[a] == chip[b]:
+                    shared = True  # two instances of one chip are two fields
+                    break
+                b = next_member[b]
+            a = next_member[a]
+        if shared:
+            continue
+        root, child = (rx, ry) if rx < ry else (ry, rx)
+        parent[child] = root
+        next_member[last_member[root]] = child
+        last_member[root] = last_member[child]
+
+
+@numba.njit(cache=True)
+def _paint_votes(
+    owner: np.ndarray,
+    votes: np.ndarray,
+    area_valid: np.ndarray,
+    probability: np.ndarray,
+    weight: np.ndarray,
+    factor: np.ndarray,
+    local: np.ndarray,
+    first: int,
+    valid: np.ndarray,
+) -> None:
+    """Give each pixel to the chip's vote where it beats the votes cast before (in place).
+
+    The vote is probability x edge weight x the instance's factor (``factor[0]``: background);
+    the pixel's owner becomes the instance's id (``first`` + number - 1) or 0.
+    """
+    for r in range(local.shape[0]):
+        for c in range(local.shape[1]):
+            k = local[r, c]
+            vote = probability[r, c] * weight[r, c] * factor[k]
+            if vote > votes[r, c]:
+                votes[r, c] = vote
+                owner[r, c] = k + first - 1 if k > 0 else 0
+            if not valid[r, c]:
+                area_valid[r, c] = False
+
+
+@numba.njit(cache=True)
+def _pixel_counts(owner: np.ndarray, size: int) -> np.ndarray:
+    """(size,) pixels owned by each instance id."""
+    counts = np.zeros(size, np.int64)
+    for r in range(owner.shape[0]):
+        for c in range(owner.shape[1]):
+            counts[owner[r, c]] += 1
+    return counts
+
+
+@numba.njit(cache=True)
+def _field_labels(
+    owner: np.ndarray,
+    valid: np.ndarray,
+    roots: np.ndarray,
+    number: np.ndarray,
+    n: int,
+    at_area_top: bool,
+    last_row: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's label image and which of its fields touch nodata or the area's edge.
+
+    Labels are ``number`` of the pixel's root. A pixel is on the edge in the area's first
+    (``at_area_top``: buffer row 0) and last (buffer row ``last_row``) rows and its first and
+    last columns; it is beside nodata where it or a 4-neighbour in the buffer is invalid.
+    """
+    rows, width = owner.shape
+    valid_rows = min(rows + 1, valid.shape[0])
+    labels = np.empty((rows, width), np.int32)
+    touches = np.zeros(n + 1, np.bool_)
+    for r in range(rows):
+        for c in range(width):
+            label = number[roots[owner[r, c]]]
+            labels[r, c] = label
+            if label <= 0 or touches[label]:
+                continue
+            if (
+                c == 0
+                or c == width - 1
+                or (at_area_top and r == 0)
+                or r == last_row
+                or not valid[r, c]
+                or (r > 0 and not valid[r - 1, c])
+                or (r + 1 < valid_rows and not valid[r + 1, c])
+                or not valid[r, c - 1]
+                or not valid[r, c + 1]
+            ):
+                touches[label] = True
+    return labels, touches
