@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -34,8 +35,10 @@ from fieldseg.models.boxed_masks import BoxedMasks
 MASK_THRESHOLD = 0.5
 #: Share of mask rows holding anything above which one dense pass finds the maxima.
 DENSE_ROW_SHARE = 0.5
-#: Width of the canvas that masks are laid out on to find depths (plus the widest mask).
-CANVAS_WIDTH = 1024
+#: Share of its near-tie claims below which an instance counts as swallowed (rule 4).
+SWALLOWED_SHARE = 0.25
+#: The score's weight in a claim's rank: it only breaks exact ties of probability.
+SCORE_TIE_WEIGHT = np.float32(1e-6)
 
 
 @dataclass
@@ -84,7 +87,7 @@ def resolve_chip(
     Works on the list of (pixel, instance, probability) claims rather than on the dense
     (N, H, W) stack: a chip holds hundreds of small masks, each zero almost everywhere. Only
     pixels claimed by two or more instances need the rule's comparisons; the rest go to their
-    one claimant.
+    one claimant. The rule runs as compiled loops over the claims (numba).
 
     Args:
         prediction: the model's instances for the chip.
@@ -112,27 +115,12 @@ def resolve_chip(
     pmax = pmax * flat_valid
     if not flat_valid.all():
         claims = claims.where(flat_valid[claims.pixel])
-    n = len(scores)
-    n_pixels = height * width
-    contested = _contested(claims, n_pixels)
-    duplicate = _duplicates(claims, contested, scores, duplicate_share)
-    if duplicate.any():
-        claims = claims.where(~duplicate[claims.instance])
-        contested = _contested(claims, n_pixels)
-    depth = _depths(claims, contested, n, height, width, max_depth)
-    labels, near = _assign(claims, contested, depth, scores, n_pixels, margin)
-    _protect_swallowed(labels, claims, near, depth, n)
-    kept_area = np.bincount(labels, minlength=n + 1)[1:]
-    labels[np.r_[False, kept_area < min_pixels][labels]] = 0
-    kept_area = np.bincount(labels, minlength=n + 1)[1:]
-    survivors = np.flatnonzero(kept_area > 0)
-    renumber = np.zeros(n + 1, np.int32)
-    renumber[survivors + 1] = np.arange(1, len(survivors) + 1, dtype=np.int32)
-    probability = (1.0 - pmax).astype(np.float32)
-    chosen = labels[claims.pixel] == claims.instance + 1
-    probability[claims.pixel[chosen]] = claims.value[chosen]
+    labels, probability, survivors = _resolve(
+        claims.pixel, claims.instance, claims.value, pmax, scores, height, width,
+        margin, duplicate_share, max_depth, min_pixels,
+    )  # fmt: skip
     return ResolvedChip(
-        labels=renumber[labels].reshape(height, width),
+        labels=labels.reshape(height, width),
         probability=probability.reshape(height, width),
         scores=scores[survivors].astype(np.float32),
         classes=classes[survivors],
@@ -199,7 +187,7 @@ def _boxed_claims(masks: BoxedMasks, keep: np.ndarray | None) -> tuple[np.ndarra
     """:func:`_claims` of masks stored inside their boxes: the same maxima and claims.
 
     The kept crops are read as one flat array, so the cost follows the masks' area, not
-    N x H x W, and no step loops over instances.
+    N x H x W.
     """
     height, width = masks.height, masks.width
     pmax = np.zeros(height * width, np.float32)
@@ -207,19 +195,10 @@ def _boxed_claims(masks: BoxedMasks, keep: np.ndarray | None) -> tuple[np.ndarra
     if len(kept) == 0:
         empty = np.zeros(0, np.int64)
         return pmax, _Claims(empty, empty, np.zeros(0, np.float64))
-    boxes = kept.boxes.cpu().numpy()
-    x0, y0 = boxes[:, 0], boxes[:, 1]
-    crop_width = boxes[:, 2] - x0
-    sizes = crop_width * (boxes[:, 3] - y0)
+    boxes = kept.boxes.cpu().numpy().astype(np.int64)
     values = torch.cat([c.detach().reshape(-1) for c in kept.crops]).float().cpu().numpy()
-    instance = np.repeat(np.arange(len(kept)), sizes)
-    offset = np.arange(len(values)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    row, column = np.divmod(offset, np.repeat(np.maximum(crop_width, 1), sizes))
-    pixel = (row + y0[instance]) * width + column + x0[instance]  # ascending within a mask
-    np.maximum.at(pmax, pixel, values)
-    claimed = np.flatnonzero(values >= MASK_THRESHOLD)
-    claims = _Claims(pixel[claimed], instance[claimed], values[claimed].astype(np.float64))
-    return pmax, claims
+    pixel, instance, value = _boxed_claim_arrays(values, boxes, width, pmax)
+    return pmax, _Claims(pixel, instance, value)
 
 
 def _rows(masks: torch.Tensor, instance: np.ndarray, row: np.ndarray) -> np.ndarray:
@@ -252,57 +231,183 @@ def _row_maxima(rows: np.ndarray, row: np.ndarray, height: int) -> np.ndarray:
     return peak
 
 
-def _contested(claims: _Claims, n_pixels: int) -> np.ndarray:
-    """Indices of the claims on pixels claimed more than once, by pixel (then instance)."""
-    on_pixel = np.bincount(claims.pixel, minlength=n_pixels)
-    contested = np.flatnonzero(on_pixel[claims.pixel] > 1)
-    return contested[_stable_argsort(claims.pixel[contested], n_pixels)]
+# -- compiled kernels ---------------------------------------------------------------------
 
 
-def _stable_argsort(keys: np.ndarray, bound: int) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` for integers 0 <= keys < ``bound``.
+@numba.njit(cache=True)
+def _boxed_claim_arrays(
+    values: np.ndarray, boxes: np.ndarray, width: int, pmax: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The claims of masks stored as the crops of ``boxes``, laid end to end in ``values``.
 
-    Done as 16-bit radix sorts, far faster than the comparison sort numpy uses for wider keys.
+    Fills ``pmax`` (the highest value at each pixel, in place) and returns the claims' pixels,
+    instances and values, by instance then pixel.
     """
-    if bound > 1 << 32:
-        return np.argsort(keys, kind="stable")
-    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
-    if bound > 1 << 16:
-        order = order[np.argsort((keys[order] >> 16).astype(np.uint16), kind="stable")]
+    n_claims = 0
+    for v in values:
+        if v >= MASK_THRESHOLD:
+            n_claims += 1
+    pixel = np.empty(n_claims, np.int64)
+    instance = np.empty(n_claims, np.int64)
+    value = np.empty(n_claims, np.float64)
+    at = 0
+    found = 0
+    for i in range(boxes.shape[0]):
+        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                v = values[at]
+                at += 1
+                p = y * width + x
+                if v > pmax[p]:
+                    pmax[p] = v
+                if v >= MASK_THRESHOLD:
+                    pixel[found] = p
+                    instance[found] = i
+                    value[found] = v
+                    found += 1
+    return pixel, instance, value
+
+
+@numba.njit(cache=True)
+def _resolve(
+    pixel: np.ndarray,
+    instance: np.ndarray,
+    value: np.ndarray,
+    pmax: np.ndarray,
+    scores: np.ndarray,
+    height: int,
+    width: int,
+    margin: float,
+    duplicate_share: float,
+    max_depth: int,
+    min_pixels: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The module docstring's rule over the claims (ordered by instance, then pixel).
+
+    Returns the (H * W,) labels (the survivors numbered 1..), the (H * W,) probability of
+    each pixel's instance (background: 1 - ``pmax``) and the kept instances' indices.
+    """
+    n = len(scores)
+    n_pixels = height * width
+    on_pixel = _claims_per_pixel(pixel, n_pixels)
+    order = _contested_order(pixel, on_pixel)
+    duplicate = _duplicates(pixel, instance, order, scores, n, duplicate_share)
+    if duplicate.any():
+        alive = np.empty(len(pixel), np.bool_)
+        for j in range(len(pixel)):
+            alive[j] = not duplicate[instance[j]]
+        pixel, instance, value = pixel[alive], instance[alive], value[alive]
+        on_pixel = _claims_per_pixel(pixel, n_pixels)
+        order = _contested_order(pixel, on_pixel)
+    depth = _depths(pixel, instance, order, on_pixel, n, height, width, max_depth)
+    labels, near = _assign(pixel, instance, value, order, depth, scores, n_pixels, margin)
+    _protect_swallowed(labels, pixel, instance, near, depth, n)
+    # instances left too small are dropped; the rest are numbered 1.. in order
+    area = np.zeros(n + 1, np.int64)
+    for p in range(n_pixels):
+        area[labels[p]] += 1
+    number = np.zeros(n + 1, np.int32)
+    survivors = np.empty(n, np.int64)
+    kept = 0
+    for i in range(1, n + 1):
+        if area[i] >= min_pixels and area[i] > 0:
+            kept += 1
+            number[i] = kept
+            survivors[kept - 1] = i - 1
+    probability = np.empty(n_pixels, np.float32)
+    for p in range(n_pixels):
+        probability[p] = np.float32(1.0) - pmax[p]
+    for j in range(len(pixel)):
+        p = pixel[j]
+        if labels[p] == instance[j] + 1 and number[labels[p]] > 0:
+            probability[p] = value[j]
+    out = np.empty(n_pixels, np.int32)
+    for p in range(n_pixels):
+        out[p] = number[labels[p]]
+    return out, probability, survivors[:kept]
+
+
+@numba.njit(cache=True)
+def _claims_per_pixel(pixel: np.ndarray, n_pixels: int) -> np.ndarray:
+    counts = np.zeros(n_pixels, np.int32)
+    for p in pixel:
+        counts[p] += 1
+    return counts
+
+
+@numba.njit(cache=True)
+def _contested_order(pixel: np.ndarray, on_pixel: np.ndarray) -> np.ndarray:
+    """The claims on pixels claimed more than once, by pixel, then instance (a counting sort)."""
+    n_pixels = len(on_pixel)
+    start = np.zeros(n_pixels + 1, np.int64)
+    for p in range(n_pixels):
+        start[p + 1] = start[p] + (on_pixel[p] if on_pixel[p] > 1 else 0)
+    order = np.empty(start[n_pixels], np.int64)
+    for j in range(len(pixel)):
+        p = pixel[j]
+        if on_pixel[p] > 1:
+            order[start[p]] = j
+            start[p] += 1
     return order
 
 
+@numba.njit(cache=True)
 def _duplicates(
-    claims: _Claims, contested: np.ndarray, scores: np.ndarray, share: float
+    pixel: np.ndarray,
+    instance: np.ndarray,
+    order: np.ndarray,
+    scores: np.ndarray,
+    n: int,
+    share: float,
 ) -> np.ndarray:
     """(N,) True for instances whose mask is nearly (IoU > ``share``) a higher-scoring one's.
 
-    Masks meet only on pixels claimed more than once (``contested``, see :func:`_contested`).
+    Masks meet only on contested pixels; up to four claimants of one pixel are compared.
+    The pixels two masks share are counted in a hash table keyed by the pair.
     """
-    n = len(scores)
-    duplicate = np.zeros(n, bool)
-    if len(contested) == 0:
+    duplicate = np.zeros(n, np.bool_)
+    if len(order) == 0:
         return duplicate
-    own = np.bincount(claims.instance, minlength=n)
-    pixel, instance = claims.pixel[contested], claims.instance[contested]
-    firsts, seconds = [], []
-    for offset in (1, 2, 3):  # up to four claimants of one pixel are compared
-        same = pixel[offset:] == pixel[:-offset]
-        firsts.append(instance[:-offset][same])
-        seconds.append(instance[offset:][same])
-    # a < b (a pixel's claimants come by instance); on equal scores, b is the weaker
-    keys, common = np.unique(
-        np.concatenate(firsts) * n + np.concatenate(seconds), return_counts=True
-    )
-    a, b = keys // n, keys % n
-    weaker = np.where(scores[a] >= scores[b], b, a)
-    union = own[a] + own[b] - common
-    duplicate[weaker[common > share * union]] = True
+    own = np.zeros(n, np.int64)
+    for i in instance:
+        own[i] += 1
+    capacity = 1
+    while capacity < 2 * 3 * len(order):
+        capacity *= 2
+    keys = np.full(capacity, -1, np.int64)
+    counts = np.zeros(capacity, np.int64)
+    for k in range(len(order)):
+        for offset in range(1, 4):
+            if k + offset >= len(order) or pixel[order[k + offset]] != pixel[order[k]]:
+                break
+            key = instance[order[k]] * n + instance[order[k + offset]]  # a < b
+            slot = (key * 0x9E3779B1) & (capacity - 1)
+            while keys[slot] != -1 and keys[slot] != key:
+                slot = (slot + 1) & (capacity - 1)
+            keys[slot] = key
+            counts[slot] += 1
+    for slot in range(capacity):
+        if keys[slot] < 0:
+            continue
+        a, b = keys[slot] // n, keys[slot] % n
+        common = counts[slot]
+        weaker = b if scores[a] >= scores[b] else a  # on equal scores, b is the weaker
+        if common > share * (own[a] + own[b] - common):
+            duplicate[weaker] = True
     return duplicate
 
 
+@numba.njit(cache=True)
 def _depths(
-    claims: _Claims, contested: np.ndarray, n: int, height: int, width: int, cap: int
+    pixel: np.ndarray,
+    instance: np.ndarray,
+    order: np.ndarray,
+    on_pixel: np.ndarray,
+    n: int,
+    height: int,
+    width: int,
+    cap: int,
 ) -> np.ndarray:
     """Each claim's depth inside its own mask, counted from where another mask takes over.
 
@@ -312,152 +417,68 @@ def _depths(
     never into background, so only edges against other claims tell how far a pixel lies from
     the place where one field turns into the next. Depths are compared only on pixels claimed
     more than once: instances without such a pixel are left at the cap.
-
-    Args:
-        claims: the claims.
-        contested: the claims on pixels claimed more than once (indices).
-        n: the number of instances.
-        height: chip rows.
-        width: chip columns.
-        cap: the largest depth told apart.
     """
-    depth = np.full(len(claims.pixel), cap, np.int64)
-    involved = np.zeros(n, bool)
-    involved[claims.instance[contested]] = True
+    depth = np.full(len(pixel), cap, np.int64)
+    involved = np.zeros(n, np.bool_)
+    for k in order:
+        involved[instance[k]] = True
     if cap < 2 or not involved.any():
-        return depth  # every depth is the cap, or depths are never compared
-    subset = involved[claims.instance]
-    claimed = np.zeros(height * width, bool)
-    claimed[claims.pixel] = True
-    depth[subset] = _depths_in_windows(
-        claims.pixel[subset], claims.instance[subset], claimed.reshape(height, width), cap
-    )
+        return depth
+    # the instance whose claims are being walked, by pixel (a stamp: never cleared), and
+    # the index of its claim there
+    owner = np.full(height * width, -1, np.int64)
+    claim_at = np.empty(height * width, np.int64)
+    queue = np.empty(len(pixel), np.int64)
+    start = 0
+    while start < len(pixel):
+        i = instance[start]
+        end = start
+        while end < len(pixel) and instance[end] == i:
+            end += 1
+        if involved[i]:
+            for j in range(start, end):
+                owner[pixel[j]] = i
+                claim_at[pixel[j]] = j
+            # level 1: own pixels beside a pixel another instance claims
+            size = 0
+            for j in range(start, end):
+                y, x = divmod(pixel[j], width)
+                beside = False
+                for yy in range(max(0, y - 1), min(height, y + 2)):
+                    for xx in range(max(0, x - 1), min(width, x + 2)):
+                        q = yy * width + xx
+                        if on_pixel[q] > 0 and owner[q] != i:
+                            beside = True
+                if beside:
+                    depth[j] = 1
+                    queue[size] = j
+                    size += 1
+            # level k: own pixels beside level k - 1, not reached before
+            head = 0
+            for level in range(2, cap):
+                tail = size
+                while head < tail:
+                    y, x = divmod(pixel[queue[head]], width)
+                    head += 1
+                    for yy in range(max(0, y - 1), min(height, y + 2)):
+                        for xx in range(max(0, x - 1), min(width, x + 2)):
+                            q = yy * width + xx
+                            if owner[q] == i and depth[claim_at[q]] == cap:
+                                depth[claim_at[q]] = level
+                                queue[size] = claim_at[q]
+                                size += 1
+                if size == tail:
+                    break
+        start = end
     return depth
 
 
-def _depths_in_windows(
-    pixel: np.ndarray, instance: np.ndarray, claimed: np.ndarray, cap: int
-) -> np.ndarray:
-    """The depths (see :func:`_depths`) of claims ordered by instance, capped at ``cap``.
-
-    Every instance's mask is laid into its own window of a shared canvas (its bounding box and
-    a one-pixel ring), so that masks never touch and whole-canvas dilations grow all depths at
-    once. Level 1 is the mask's pixels beside a pixel another instance claims (more claimed
-    pixels around them than own ones); level k the mask's pixels beside level k - 1, not
-    reached before.
-    """
-    ys, xs = np.divmod(pixel, claimed.shape[1])
-    starts = np.flatnonzero(np.r_[True, instance[1:] != instance[:-1]])
-    y0, y1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
-    x0, x1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
-    top, left, shape = _shelf_pack(y1 - y0 + 3, x1 - x0 + 3)  # each box and its ring
-    # each claim's place on the (flattened) canvas
-    shift = (top - y0 + 1) * shape[1] + (left - x0 + 1)
-    at = ys * shape[1] + xs + np.repeat(shift, np.diff(np.r_[starts, len(instance)]))
-    own = np.zeros(shape, bool)
-    own.ravel()[at] = True
-    beside_other = _box_count(claimed).ravel()[pixel] > _box_count(own).ravel()[at]
-    frontier = np.zeros(shape, bool)
-    frontier.ravel()[at[beside_other]] = True
-    reached = frontier.copy()
-    # levels 1 .. cap - 1: a pixel reached at level k is counted cap - k times
-    counted = reached.astype(np.min_scalar_type(cap))
-    for level in range(2, cap):
-        frontier = _dilate(frontier) & own & ~reached
-        if not frontier.any():
-            counted[reached] += cap - level  # the levels left add nothing new
-            break
-        reached |= frontier
-        counted += reached
-    return cap - counted.ravel()[at].astype(np.int64)
-
-
-def _shelf_pack(
-    rows: np.ndarray, cols: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Places for windows of ``rows`` x ``cols`` on one canvas, none overlapping.
-
-    Windows are laid tallest first, left to right, on shelves as tall as their first window;
-    a window starting within ``CANVAS_WIDTH`` columns still goes on its shelf.
-
-    Returns:
-        Each window's top row and left column, and the canvas shape.
-    """
-    order = np.argsort(-rows, kind="stable")
-    ends = np.cumsum(cols[order])
-    starts = ends - cols[order]  # on one endless shelf
-    shelf = starts // CANVAS_WIDTH
-    first = np.r_[True, shelf[1:] != shelf[:-1]]
-    shelf_tops = np.r_[0, np.cumsum(rows[order][first])]
-    top = np.empty_like(rows)
-    left = np.empty_like(cols)
-    top[order] = shelf_tops[np.cumsum(first) - 1]
-    left[order] = starts - shelf * CANVAS_WIDTH
-    return top, left, (int(shelf_tops[-1]), CANVAS_WIDTH + int(cols.max()))
-
-
-def _box_count(image: np.ndarray) -> np.ndarray:
-    """How many pixels of the 3 x 3 square around each pixel are set (uint8).
-
-    Beyond the image edge, none is.
-    """
-    count = image.astype(np.uint8)
-    rows = count.copy()
-    rows[1:] += count[:-1]
-    rows[:-1] += count[1:]
-    box = rows.copy()
-    box[:, 1:] += rows[:, :-1]
-    box[:, :-1] += rows[:, 1:]
-    return box
-
-
-def _dilate(image: np.ndarray) -> np.ndarray:
-    """A 2-D bool image grown by one pixel in all eight directions (3 x 3 square)."""
-    grown = image.copy()
-    grown[1:] |= image[:-1]
-    grown[:-1] |= image[1:]
-    across = grown.copy()
-    grown[:, 1:] |= across[:, :-1]
-    grown[:, :-1] |= across[:, 1:]
-    return grown
-
-
-def _protect_swallowed(
-    labels: np.ndarray,
-    claims: _Claims,
-    near: np.ndarray,
-    depth: np.ndarray,
-    n: int,
-    share: float = 0.25,
-) -> None:
-    """Give an instance left with almost none of its mask its innermost pixels back.
-
-    A field thinner than its neighbours' leakage (a narrow strip along a road, say) is claimed
-    by a neighbour everywhere, and the neighbour lies as deep there as the strip does. The
-    strip's own detection is evidence that it exists, and its innermost pixels (its deepest
-    level and the one above, not shallower than 3) are where it lies: an instance keeping less
-    than ``share`` of its mask takes those back. Only near-tie claims (``near``) count: a
-    clearly beaten claim is no sign of being swallowed.
-    """
-    own = np.bincount(claims.instance[near], minlength=n)
-    kept = np.bincount(labels, minlength=n + 1)[1:]
-    swallowed = (kept < share * own) & (own > 0)
-    if not swallowed.any():
-        return
-    chosen = np.flatnonzero(near & swallowed[claims.instance])
-    instance, depth = claims.instance[chosen], depth[chosen]
-    deepest = np.zeros(n, np.int64)
-    np.maximum.at(deepest, instance, depth)
-    # the deepest level and the one above it, but never shallower than 3 pixels: a 1 px strip
-    # lies at depth 3 between two neighbours' 2 px leaks, and takes only that
-    level = np.maximum(deepest - 1, np.minimum(deepest, 3))
-    inner = depth >= level[instance]
-    labels[claims.pixel[chosen[inner]]] = instance[inner] + 1
-
-
+@numba.njit(cache=True)
 def _assign(
-    claims: _Claims,
-    contested: np.ndarray,
+    pixel: np.ndarray,
+    instance: np.ndarray,
+    value: np.ndarray,
+    order: np.ndarray,
     depth: np.ndarray,
     scores: np.ndarray,
     n_pixels: int,
@@ -465,41 +486,91 @@ def _assign(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels by the claim rule, and which claims are near ties.
 
-    A pixel claimed once goes to its claimant; the rule decides the others (``contested``,
-    by pixel, see :func:`_contested`): the deepest near tie, then the most probable, then the
-    first instance.
+    A pixel claimed once goes to its claimant; among the claims on a contested pixel, the
+    deepest near tie wins, then the most probable, then the first instance.
 
     Returns:
-        (n_pixels,) int64 labels, instance + 1 (0 background); and per claim (in the order
-        given) whether it lies within ``margin`` of the strongest claim on its pixel.
+        (n_pixels,) labels, instance + 1 (0 background); and per claim whether it lies
+        within ``margin`` of the strongest claim on its pixel.
     """
     labels = np.zeros(n_pixels, np.int64)
-    rank = claims.value + 1e-6 * scores[claims.instance]  # the score breaks exact ties
-    near = rank >= rank - margin  # a claim alone on its pixel is the strongest there
-    labels[claims.pixel] = claims.instance + 1  # contested pixels are decided below
-    if len(contested) == 0:
-        return labels, near
-    pixel, rank, depth = claims.pixel[contested], rank[contested], depth[contested]
-    first = np.r_[True, pixel[1:] != pixel[:-1]]
-    group = np.cumsum(first) - 1
-    n_groups = int(group[-1]) + 1
-    tied = rank >= _group_max(rank, group, n_groups)[group] - margin  # near-ties
-    # among near-ties, the claim deepest inside its own mask wins, then the strongest
-    key = np.where(tied, depth, -1)
-    best = key == _group_max(key, group, n_groups)[group]
-    best &= rank == _group_max(np.where(best, rank, -np.inf), group, n_groups)[group]
-    winners = np.flatnonzero(best)
-    winners = winners[np.r_[True, group[winners][1:] != group[winners][:-1]]]
-    labels[pixel[winners]] = claims.instance[contested[winners]] + 1
-    near[contested] = tied
+    for j in range(len(pixel)):
+        labels[pixel[j]] = instance[j] + 1
+    near = np.ones(len(pixel), np.bool_)
+    k = 0
+    while k < len(order):
+        end = k
+        while end < len(order) and pixel[order[end]] == pixel[order[k]]:
+            end += 1
+        strongest = -np.inf
+        for g in range(k, end):
+            strongest = max(strongest, _rank(value, scores, instance, order[g]))
+        deepest = -1
+        for g in range(k, end):
+            j = order[g]
+            tied = _rank(value, scores, instance, j) >= strongest - margin
+            near[j] = tied
+            if tied:
+                deepest = max(deepest, depth[j])
+        best_rank = -np.inf
+        winner = -1
+        for g in range(k, end):
+            j = order[g]
+            if near[j] and depth[j] == deepest:
+                rank = _rank(value, scores, instance, j)
+                if rank > best_rank:  # the first of equal ranks stays
+                    best_rank = rank
+                    winner = j
+        labels[pixel[winner]] = instance[winner] + 1
+        k = end
     return labels, near
 
 
-def _group_max(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """(n_groups,) the largest of ``values`` in each group (every group has a member)."""
-    if values.dtype.kind == "f":
-        peak = np.full(n_groups, -np.inf, values.dtype)
-    else:
-        peak = np.full(n_groups, np.iinfo(values.dtype).min, values.dtype)
-    np.maximum.at(peak, group, values)
-    return peak
+@numba.njit(cache=True, inline="always")
+def _rank(value: np.ndarray, scores: np.ndarray, instance: np.ndarray, j: int) -> float:
+    """A claim's strength: its probability, the score breaking exact ties."""
+    return value[j] + SCORE_TIE_WEIGHT * scores[instance[j]]
+
+
+@numba.njit(cache=True)
+def _protect_swallowed(
+    labels: np.ndarray,
+    pixel: np.ndarray,
+    instance: np.ndarray,
+    near: np.ndarray,
+    depth: np.ndarray,
+    n: int,
+) -> None:
+    """Give an instance left with almost none of its mask its innermost pixels back.
+
+    A field thinner than its neighbours' leakage (a narrow strip along a road, say) is claimed
+    by a neighbour everywhere, and the neighbour lies as deep there as the strip does. The
+    strip's own detection is evidence that it exists, and its innermost pixels (its deepest
+    level and the one above, not shallower than 3) are where it lies: an instance keeping less
+    than ``SWALLOWED_SHARE`` of its near-tie claims takes those back. Only near-tie claims
+    count: a clearly beaten claim is no sign of being swallowed.
+    """
+    own = np.zeros(n, np.int64)
+    for j in range(len(pixel)):
+        if near[j]:
+            own[instance[j]] += 1
+    kept = np.zeros(n + 1, np.int64)
+    for label in labels:
+        kept[label] += 1
+    swallowed = np.zeros(n, np.bool_)
+    deepest = np.zeros(n, np.int64)
+    any_swallowed = False
+    for i in range(n):
+        swallowed[i] = own[i] > 0 and kept[i + 1] < SWALLOWED_SHARE * own[i]
+        any_swallowed |= swallowed[i]
+    if not any_swallowed:
+        return
+    for j in range(len(pixel)):
+        if near[j] and swallowed[instance[j]]:
+            deepest[instance[j]] = max(deepest[instance[j]], depth[j])
+    # the deepest level and the one above it, but never shallower than 3 pixels: a 1 px strip
+    # lies at depth 3 between two neighbours' 2 px leaks, and takes only that
+    for j in range(len(pixel)):
+        i = instance[j]
+        if near[j] and swallowed[i] and depth[j] >= max(deepest[i] - 1, min(deepest[i], 3)):
+            labels[pixel[j]] = i + 1

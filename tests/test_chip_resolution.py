@@ -151,10 +151,13 @@ def test_depths_are_steps_inside_the_mask_to_another_claim() -> None:
     (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
     masks = prediction.dense_masks().numpy() >= 0.5
     _, claims = cr._claims(prediction.dense_masks(), None)
-    contested = cr._contested(claims, SIZE * SIZE)
+    on_pixel = cr._claims_per_pixel(claims.pixel, SIZE * SIZE)
+    contested = cr._contested_order(claims.pixel, on_pixel)
     ys, xs = np.divmod(claims.pixel, SIZE)
     for cap in (2, 3, 6, 12):
-        depth = cr._depths(claims, contested, len(masks), SIZE, SIZE, cap)
+        depth = cr._depths(
+            claims.pixel, claims.instance, contested, on_pixel, len(masks), SIZE, SIZE, cap
+        )
         assert np.array_equal(depth, _reference_depths(masks, cap)[claims.instance, ys, xs])
     assert depth.max() > 6  # deep enough to test the cap
 
@@ -192,11 +195,15 @@ def test_sparse_rows_one_dense_pass_and_boxed_masks_agree(monkeypatch: pytest.Mo
     assert np.allclose(sparse.probability[30:32, 0:8], 0.8)  # 1 - the faint evidence
 
 
-def test_stable_radix_argsort_is_numpys_stable_sort() -> None:
+def test_contested_claims_come_by_pixel_then_claim_order() -> None:
     rng = np.random.default_rng(0)
-    for bound in (2, 1 << 16, (1 << 16) + 1, 3 << 20):
-        keys = rng.integers(0, bound, 5000)
-        assert np.array_equal(cr._stable_argsort(keys, bound), np.argsort(keys, kind="stable"))
+    pixel = rng.integers(0, 300, 5000)  # claims of 5000 instances, in instance order
+    on_pixel = cr._claims_per_pixel(pixel, 300)
+    expected = np.argsort(pixel, kind="stable")
+    expected = expected[on_pixel[pixel[expected]] > 1]
+    assert np.array_equal(cr._contested_order(pixel, on_pixel), expected)
+    single = np.array([4, 7, 9])
+    assert len(cr._contested_order(single, cr._claims_per_pixel(single, 10))) == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
