@@ -196,7 +196,7 @@ def _boxed_claims(masks: BoxedMasks, keep: np.ndarray | None) -> tuple[np.ndarra
         empty = np.zeros(0, np.int64)
         return pmax, _Claims(empty, empty, np.zeros(0, np.float64))
     boxes = kept.boxes.cpu().numpy().astype(np.int64)
-    values = torch.cat([c.detach().reshape(-1) for c in kept.crops]).float().cpu().numpy()
+    values = kept.values.detach().float().cpu().numpy()
     pixel, instance, value = _boxed_claim_arrays(values, boxes, width, pmax)
     return pmax, _Claims(pixel, instance, value)
 

@@ -74,3 +74,23 @@ def test_inconsistent_boxes_and_crops_are_refused() -> None:
         BoxedMasks(torch.tensor([[0, 0, 3, 2], [0, 0, 3, 2]]), (crop,), 5, 5)
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         BoxedMasks(torch.tensor([0, 0, 3, 2]), (crop,), 5, 5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_flat_and_per_crop_storage_are_the_same_masks(seed: int) -> None:
+    per_crop = BoxedMasks.from_dense(_random_stack(seed))
+    flat = BoxedMasks.from_flat(per_crop.boxes, per_crop.values, 20, 17)
+    assert torch.equal(flat.dense(), per_crop.dense())
+    assert torch.equal(flat.touches_edge(), per_crop.touches_edge())
+    for index in ([4, 0, 2], np.array([True, False, True, False, True, False]), []):
+        chosen = flat.select(index)
+        assert chosen.crops is not None and torch.equal(
+            chosen.dense(), per_crop.select(index).dense()
+        )
+        assert torch.equal(chosen.values, per_crop.select(index).values)
+    assert all(torch.equal(a, b) for a, b in zip(flat.crops, per_crop.crops, strict=True))
+
+
+def test_flat_values_must_fill_the_boxes() -> None:
+    with pytest.raises(ValueError, match="5 values for boxes of 6"):
+        BoxedMasks.from_flat(torch.tensor([[0, 0, 3, 2]]), torch.zeros(5), 5, 5)

@@ -12,15 +12,19 @@ outside it. The stitcher reads both forms; ``dense()`` gives the stack where one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
 
-@dataclass(frozen=True, eq=False)
 class BoxedMasks:
     """N soft masks of an H x W chip, each stored as the crop of its box.
+
+    The crops are kept either as given (one tensor each) or laid end to end in one flat
+    tensor (:meth:`from_flat`, :meth:`from_labels`): the stitcher reads the flat form, so a
+    chip of hundreds of masks costs no step per mask, and the crops are views into it, made
+    when first asked for.
 
     Attributes:
         boxes: (N, 4) int64 ``(x0, y0, x1, y1)``, half-open, in chip pixels; the mask is zero
@@ -31,32 +35,79 @@ class BoxedMasks:
         width: the chip's width W.
     """
 
-    boxes: torch.Tensor
-    crops: tuple[torch.Tensor, ...]
-    height: int
-    width: int
+    def __init__(
+        self, boxes: torch.Tensor, crops: Sequence[torch.Tensor], height: int, width: int
+    ) -> None:
+        self.boxes, self.height, self.width = boxes, int(height), int(width)
+        self._crops: tuple[torch.Tensor, ...] | None = tuple(crops)
+        self._values: torch.Tensor | None = None
+        sizes = self._check_boxes()
+        if len(self._crops) != len(sizes):
+            raise ValueError(f"{len(sizes)} boxes but {len(self._crops)} crops")
+        heights, widths = self._box_shapes()
+        for i, crop in enumerate(self._crops):
+            if tuple(crop.shape) != (int(heights[i]), int(widths[i])):
+                raise ValueError(
+                    f"crop {i} is {tuple(crop.shape)} but its box is "
+                    f"{int(heights[i])} x {int(widths[i])}"
+                )
 
-    def __post_init__(self) -> None:
+    @classmethod
+    def from_flat(
+        cls, boxes: torch.Tensor, values: torch.Tensor, height: int, width: int
+    ) -> BoxedMasks:
+        """Masks whose crops lie end to end, row by row, in the 1-D tensor ``values``."""
+        masks = cls.__new__(cls)
+        masks.boxes, masks.height, masks.width = boxes, int(height), int(width)
+        masks._crops, masks._values = None, values.reshape(-1)
+        sizes = masks._check_boxes()
+        if int(sizes.sum()) != masks._values.numel():
+            raise ValueError(f"{masks._values.numel()} values for boxes of {int(sizes.sum())}")
+        return masks
+
+    def _box_shapes(self) -> tuple[np.ndarray, np.ndarray]:
+        x0, y0, x1, y1 = self.boxes.cpu().numpy().reshape(-1, 4).T
+        return y1 - y0, x1 - x0
+
+    def _check_boxes(self) -> np.ndarray:
+        """Each box's area, once the boxes are known to be (N, 4) and inside the chip."""
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
             raise ValueError(f"boxes must be (N, 4), got {tuple(self.boxes.shape)}")
-        if len(self.crops) != self.boxes.shape[0]:
-            raise ValueError(f"{self.boxes.shape[0]} boxes but {len(self.crops)} crops")
-        boxes = self.boxes.cpu().numpy()
-        x0, y0, x1, y1 = boxes.T
-        if len(boxes) and not (
+        x0, y0, x1, y1 = self.boxes.cpu().numpy().T
+        if len(x0) and not (
             (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= self.width).all()
             and (y1 <= self.height).all() and (x0 <= x1).all() and (y0 <= y1).all()
         ):  # fmt: skip
             raise ValueError(f"boxes must lie inside the {self.height} x {self.width} chip")
-        for i, crop in enumerate(self.crops):
-            if tuple(crop.shape) != (int(y1[i] - y0[i]), int(x1[i] - x0[i])):
-                raise ValueError(
-                    f"crop {i} is {tuple(crop.shape)} but its box is "
-                    f"{int(y1[i] - y0[i])} x {int(x1[i] - x0[i])}"
-                )
+        return (y1 - y0).astype(np.int64) * (x1 - x0)
+
+    @property
+    def crops(self) -> tuple[torch.Tensor, ...]:
+        """The masks' crops, one tensor each (views into the flat values where kept so)."""
+        if self._crops is None:
+            heights, widths = self._box_shapes()
+            sizes = (heights * widths).tolist()
+            pieces = torch.split(self._values, sizes) if sizes else ()
+            self._crops = tuple(
+                piece.view(int(h), int(w))
+                for piece, h, w in zip(pieces, heights.tolist(), widths.tolist(), strict=True)
+            )
+        return self._crops
+
+    @property
+    def values(self) -> torch.Tensor:
+        """Every crop's values end to end, row by row (1-D; made once from the crops)."""
+        if self._values is None:
+            crops = self._crops or ()
+            self._values = (
+                torch.cat([c.detach().reshape(-1) for c in crops])
+                if crops
+                else torch.zeros(0, device=self.boxes.device)
+            )
+        return self._values
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return int(self.boxes.shape[0])
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -85,13 +136,37 @@ class BoxedMasks:
                 raise ValueError(f"a selector of {len(index)} for {len(self)} masks")
             index = index.nonzero().flatten()
         index = index.to(torch.int64)  # an empty list arrives as floats
+        boxes = self.boxes[index.to(self.boxes.device)].reshape(-1, 4)
+        if self._crops is None:  # gather the kept crops' values, end to end
+            starts, sizes = self._offsets()
+            chosen = index.numpy()
+            kept = sizes[chosen]
+            gather = np.repeat(starts[chosen] - (np.cumsum(kept) - kept), kept)
+            gather += np.arange(len(gather))
+            values = self._values[torch.from_numpy(gather).to(self._values.device)]
+            return BoxedMasks.from_flat(boxes, values, self.height, self.width)
         positions = index.tolist()
         return BoxedMasks(
-            boxes=self.boxes[index.to(self.boxes.device)].reshape(-1, 4),
+            boxes=boxes,
             crops=tuple(self.crops[i] for i in positions),
             height=self.height,
             width=self.width,
         )
+
+    def _offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each crop starts in the flat values, and its size."""
+        heights, widths = self._box_shapes()
+        sizes = (heights * widths).astype(np.int64)
+        return np.cumsum(sizes) - sizes, sizes
+
+    def _crop(self, i: int) -> torch.Tensor:
+        """Crop ``i`` alone (a view into the flat values; the crops are not all made)."""
+        if self._crops is not None:
+            return self._crops[i]
+        x0, y0, x1, y1 = self.boxes[i].tolist()
+        start = int(self._offsets()[0][i])
+        size = (y1 - y0) * (x1 - x0)
+        return self._values[start : start + size].view(y1 - y0, x1 - x0)
 
     def touches_edge(self, threshold: float = 0.5) -> torch.Tensor:
         """(N,) True where a mask above ``threshold`` reaches the chip's outermost row or column.
@@ -107,7 +182,7 @@ class BoxedMasks:
         pieces, owners = [], []
         for i in np.flatnonzero(reaching).tolist():
             x0, y0, x1, y1 = boxes[i].tolist()
-            crop = self.crops[i]
+            crop = self._crop(i)
             edges = (
                 (y0 == 0, crop[0]),
                 (y1 == self.height, crop[-1]),
@@ -166,21 +241,52 @@ class BoxedMasks:
         masks are made on the CPU, where the stitcher reads them, whatever the device of
         ``values``.
         """
-        from scipy import ndimage as ndi
-
-        labels = np.asarray(labels)
+        labels = np.ascontiguousarray(labels)
         height, width = labels.shape
-        source = values.detach().float().cpu().numpy() if values is not None else None
-        boxes, crops = [], []
-        slices = ndi.find_objects(labels, max_label=count) if count else []
-        for k, found in enumerate(slices, start=1):
-            if found is None:
-                boxes.append((0, 0, 0, 0))
-                crops.append(np.zeros((0, 0), np.float32))
+        source = (
+            values.detach().float().cpu().numpy()
+            if values is not None
+            else np.ones((height, width), np.float32)
+        )
+        labels = labels.astype(np.int64, copy=False)
+        boxes = _label_boxes(labels, int(count))
+        flat = _crop_values(labels, np.ascontiguousarray(source), boxes)
+        return cls.from_flat(torch.from_numpy(boxes), torch.from_numpy(flat), height, width)
+
+
+@numba.njit(cache=True)
+def _label_boxes(labels: np.ndarray, count: int) -> np.ndarray:
+    """(count, 4) ``x0, y0, x1, y1`` of the pixels of labels 1..count (zeros: no pixel)."""
+    boxes = np.zeros((count, 4), np.int64)
+    seen = np.zeros(count, np.bool_)
+    for y in range(labels.shape[0]):
+        for x in range(labels.shape[1]):
+            k = labels[y, x] - 1
+            if k < 0 or k >= count:
                 continue
-            ys, xs = found
-            inside = labels[ys, xs] == k
-            crop = inside if source is None else np.where(inside, source[ys, xs], 0)
-            boxes.append((xs.start, ys.start, xs.stop, ys.stop))
-            crops.append(crop.astype(np.float32, copy=False))
-        return cls.from_crops(boxes, [torch.from_numpy(c) for c in crops], height, width)
+            if not seen[k]:
+                seen[k] = True
+                boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3] = x, y, x + 1, y + 1
+            else:
+                boxes[k, 0] = min(boxes[k, 0], x)
+                boxes[k, 2] = max(boxes[k, 2], x + 1)
+                boxes[k, 3] = y + 1  # rows come in order
+    return boxes
+
+
+@numba.njit(cache=True)
+def _crop_values(labels: np.ndarray, source: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Each label's crop of ``source`` (zero off the label), end to end, row by row."""
+    count = boxes.shape[0]
+    start = np.zeros(count + 1, np.int64)
+    for k in range(count):
+        start[k + 1] = start[k] + (boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1])
+    flat = np.zeros(start[count], np.float32)
+    for y in range(labels.shape[0]):
+        for x in range(labels.shape[1]):
+            k = labels[y, x] - 1
+            if k < 0 or k >= count:
+                continue
+            crop_width = boxes[k, 2] - boxes[k, 0]
+            flat[start[k] + (y - boxes[k, 1]) * crop_width + x - boxes[k, 0]] = source[y, x]
+    return flat
