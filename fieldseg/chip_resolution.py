@@ -372,22 +372,23 @@ def _duplicates(
     own = np.zeros(n, np.int64)
     for i in instance:
         own[i] += 1
-    capacity = 1
-    while capacity < 2 * 3 * len(order):
-        capacity *= 2
-    keys = np.full(capacity, -1, np.int64)
-    counts = np.zeros(capacity, np.int64)
+    # pair -> pixels shared: open addressing with Fibonacci hashing, grown when half full
+    keys = np.full(1 << 10, -1, np.int64)
+    counts = np.zeros(1 << 10, np.int64)
+    n_keys = 0
     for k in range(len(order)):
         for offset in range(1, 4):
             if k + offset >= len(order) or pixel[order[k + offset]] != pixel[order[k]]:
                 break
+            if 2 * (n_keys + 1) > len(keys):
+                keys, counts = _rehashed(keys, counts)
             key = instance[order[k]] * n + instance[order[k + offset]]  # a < b
-            slot = (key * 0x9E3779B1) & (capacity - 1)
-            while keys[slot] != -1 and keys[slot] != key:
-                slot = (slot + 1) & (capacity - 1)
-            keys[slot] = key
+            slot = _slot(keys, key)
+            if keys[slot] == -1:
+                keys[slot] = key
+                n_keys += 1
             counts[slot] += 1
-    for slot in range(capacity):
+    for slot in range(len(keys)):
         if keys[slot] < 0:
             continue
         a, b = keys[slot] // n, keys[slot] % n
@@ -396,6 +397,32 @@ def _duplicates(
         if common > share * (own[a] + own[b] - common):
             duplicate[weaker] = True
     return duplicate
+
+
+@numba.njit(cache=True)
+def _slot(keys: np.ndarray, key: int) -> int:
+    """Where ``key`` is, or goes, in a hash table of ``keys`` (-1: free; size a power of 2)."""
+    bits = 0
+    while (1 << bits) < len(keys):
+        bits += 1
+    shift = np.uint64(64 - bits)
+    slot = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+    while keys[slot] != -1 and keys[slot] != key:
+        slot = (slot + 1) & (len(keys) - 1)
+    return slot
+
+
+@numba.njit(cache=True)
+def _rehashed(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hash table twice as large, holding the same entries."""
+    new_keys = np.full(2 * len(keys), -1, np.int64)
+    new_counts = np.zeros(2 * len(keys), np.int64)
+    for slot in range(len(keys)):
+        if keys[slot] >= 0:
+            at = _slot(new_keys, keys[slot])
+            new_keys[at] = keys[slot]
+            new_counts[at] = counts[slot]
+    return new_keys, new_counts
 
 
 @numba.njit(cache=True)
@@ -424,11 +451,21 @@ def _depths(
         involved[instance[k]] = True
     if cap < 2 or not involved.any():
         return depth
-    # the instance whose claims are being walked, by pixel (a stamp: never cleared), and
-    # the index of its claim there
-    owner = np.full(height * width, -1, np.int64)
-    claim_at = np.empty(height * width, np.int64)
-    queue = np.empty(len(pixel), np.int64)
+    # by pixel (with a one-pixel ring around the chip, so that neighbours need no bounds
+    # checks): the instance last walked there (a stamp, never cleared), whether anyone
+    # claims it, and the walked instance's claim there
+    ring_width = width + 2
+    owner = np.full((height + 2) * ring_width, -1, np.int32)
+    claimed = np.zeros((height + 2) * ring_width, np.bool_)
+    claim_at = np.empty((height + 2) * ring_width, np.int32)
+    at = np.empty(len(pixel), np.int64)
+    for j in range(len(pixel)):
+        y, x = divmod(pixel[j], width)
+        at[j] = (y + 1) * ring_width + x + 1
+        claimed[at[j]] = True
+    steps = np.array([-ring_width - 1, -ring_width, -ring_width + 1, -1, 1,
+                      ring_width - 1, ring_width, ring_width + 1])  # fmt: skip
+    queue = np.empty(len(pixel), np.int32)
     start = 0
     while start < len(pixel):
         i = instance[start]
@@ -437,36 +474,31 @@ def _depths(
             end += 1
         if involved[i]:
             for j in range(start, end):
-                owner[pixel[j]] = i
-                claim_at[pixel[j]] = j
+                owner[at[j]] = i
+                claim_at[at[j]] = j
             # level 1: own pixels beside a pixel another instance claims
             size = 0
             for j in range(start, end):
-                y, x = divmod(pixel[j], width)
-                beside = False
-                for yy in range(max(0, y - 1), min(height, y + 2)):
-                    for xx in range(max(0, x - 1), min(width, x + 2)):
-                        q = yy * width + xx
-                        if on_pixel[q] > 0 and owner[q] != i:
-                            beside = True
-                if beside:
-                    depth[j] = 1
-                    queue[size] = j
-                    size += 1
+                for step in steps:
+                    q = at[j] + step
+                    if owner[q] != i and claimed[q]:
+                        depth[j] = 1
+                        queue[size] = j
+                        size += 1
+                        break
             # level k: own pixels beside level k - 1, not reached before
             head = 0
             for level in range(2, cap):
                 tail = size
                 while head < tail:
-                    y, x = divmod(pixel[queue[head]], width)
+                    here = at[queue[head]]
                     head += 1
-                    for yy in range(max(0, y - 1), min(height, y + 2)):
-                        for xx in range(max(0, x - 1), min(width, x + 2)):
-                            q = yy * width + xx
-                            if owner[q] == i and depth[claim_at[q]] == cap:
-                                depth[claim_at[q]] = level
-                                queue[size] = claim_at[q]
-                                size += 1
+                    for step in steps:
+                        q = here + step
+                        if owner[q] == i and depth[claim_at[q]] == cap:
+                            depth[claim_at[q]] = level
+                            queue[size] = claim_at[q]
+                            size += 1
                 if size == tail:
                     break
         start = end
