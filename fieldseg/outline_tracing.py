@@ -20,15 +20,6 @@ import numba
 import numpy as np
 import shapely
 
-#: Walking directions: east, south, west, north (row and column steps).
-_STEP_ROW = np.array([0, 1, 0, -1], np.int64)
-_STEP_COL = np.array([1, 0, -1, 0], np.int64)
-#: For each direction, the offsets (row, column) from the corner just reached to the pixel
-#: ahead on the right, ahead on the left and behind on the left of the walk.
-_AHEAD_RIGHT = np.array([[0, 0], [0, -1], [-1, -1], [-1, 0]], np.int64)
-_AHEAD_LEFT = np.array([[-1, 0], [0, 0], [0, -1], [-1, -1]], np.int64)
-_BEHIND_LEFT = np.array([[-1, -1], [-1, 0], [0, 0], [0, -1]], np.int64)
-
 
 def trace_outlines(
     labels: np.ndarray, traced: np.ndarray, *, row_offset: int = 0, nodes: bool = False
@@ -52,9 +43,15 @@ def trace_outlines(
         raise ValueError(f"labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
     if traced.shape != labels.shape:
         raise ValueError(f"traced has shape {traced.shape}, labels {labels.shape}")
-    labels = labels.astype(np.int64, copy=False)
-    traced = np.ascontiguousarray(traced, dtype=np.bool_)
-    corners, ring_ends, ring_region, n_regions, region_value = _walk(labels, traced, nodes)
+    # a one-pixel ring of untraced pixels around the image spares every bounds check
+    height, width = labels.shape
+    ringed_labels = np.zeros((height + 2, width + 2), labels.dtype)
+    ringed_labels[1:-1, 1:-1] = labels
+    ringed = np.zeros((height + 2, width + 2), np.bool_)
+    ringed[1:-1, 1:-1] = traced
+    corner_at, ring_ends, ring_region, n_regions, region_value = _walk(
+        ringed_labels.ravel(), ringed.ravel(), height, width, nodes
+    )
     if n_regions == 0:
         return np.empty(0, dtype=object), np.zeros(0, labels.dtype)
     # rings come in scan order; each region's outer ring is its first
@@ -64,10 +61,11 @@ def trace_outlines(
     sorted_lengths = lengths[order]
     gather = np.repeat(starts[order] - np.r_[0, np.cumsum(sorted_lengths)[:-1]], sorted_lengths)
     gather += np.arange(len(gather))
-    points = corners[gather]
-    coords = np.empty((len(points), 2), np.float64)
-    coords[:, 0] = points[:, 1]
-    coords[:, 1] = points[:, 0] + row_offset
+    # corner (row, column) is the top-left corner of ringed pixel (row, column)
+    rows, cols = np.divmod(corner_at[gather], width + 2)
+    coords = np.empty((len(gather), 2), np.float64)
+    coords[:, 0] = cols
+    coords[:, 1] = rows + row_offset
     ring_offsets = np.r_[0, np.cumsum(sorted_lengths)]
     polygon_offsets = np.r_[0, np.cumsum(np.bincount(ring_region, minlength=n_regions))]
     polygons = shapely.from_ragged_array(
@@ -78,144 +76,161 @@ def trace_outlines(
 
 @numba.njit(cache=True)
 def _walk(
-    labels: np.ndarray, traced: np.ndarray, nodes: bool
+    labels: np.ndarray, traced: np.ndarray, height: int, width: int, nodes: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
-    """Every ring of every traced region: its closed corner list (row, column), by scan.
+    """Every ring of every traced region, as its closed list of corners, by scan.
+
+    ``labels`` and ``traced`` are the image with a ring of untraced pixels around it,
+    flattened: pixel (row, column) of the image is ringed pixel (row + 1, column + 1), and
+    corner (row, column) of the image (the top-left corner of its pixel) is given as the
+    index of ringed pixel (row, column), the pixel above and left of the corner.
 
     Returns the corners of all rings one after another, where each ring ends, each ring's
     region number, the number of regions and each region's label.
     """
-    height, width = labels.shape
-    region = np.full((height, width), -1, np.int64)
-    top_done = np.zeros((height, width), np.bool_)
-    stack = np.empty(height * width, np.int64)
-    corners = np.empty((1024, 2), np.int64)
+    stride = width + 2
+    # the four pixels around a corner, from its index: above left, above right, below left,
+    # below right; by walking direction (east, south, west, north): the corner's step and
+    # the pixels ahead on the right, ahead on the left and behind on the left of the walk
+    step = np.array([1, stride, -1, -stride])
+    ahead_right = np.array([stride + 1, stride, 0, 1])
+    ahead_left = np.array([1, stride + 1, stride, 0])
+    behind_left = np.array([0, 1, stride + 1, stride])
+    # the next direction by (own region ahead left, ahead right): turn right where neither
+    # is, go straight along own pixels on the right, turn left onto own pixels ahead left
+    # (also across a corner: the far side is then a ring of its own, a hole)
+    turns = np.empty((4, 4), np.int64)
+    for direction in range(4):
+        right_turn, left_turn = (direction + 1) % 4, (direction + 3) % 4
+        turns[direction, 0], turns[direction, 1] = right_turn, direction
+        turns[direction, 2], turns[direction, 3] = left_turn, left_turn
+    region, region_value = _regions(labels, traced, height, width)
+    n_regions = len(region_value)
+    top_done = np.zeros(len(labels), np.bool_)
+    corners = np.empty(1024, np.int64)
     ring_ends = np.empty(64, np.int64)
     ring_region = np.empty(64, np.int64)
-    region_value = np.empty(64, np.int64)
     n_corners = 0
     n_rings = 0
-    n_regions = 0
-    for row in range(height):
-        for col in range(width):
-            if not traced[row, col]:
+    for row in range(1, height + 1):
+        for pixel in range(row * stride + 1, row * stride + width + 1):
+            if not traced[pixel]:
                 continue
-            value = labels[row, col]
-            if region[row, col] < 0:  # a new region: number its pixels (flood fill)
-                if n_regions == len(region_value):
-                    region_value = _grown(region_value)
-                region_value[n_regions] = value
-                region[row, col] = n_regions
-                size = 1
-                stack[0] = row * width + col
-                while size > 0:
-                    size -= 1
-                    r, c = divmod(stack[size], width)
-                    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-                        rr, cc = r + dr, c + dc
-                        if (
-                            0 <= rr < height
-                            and 0 <= cc < width
-                            and region[rr, cc] < 0
-                            and traced[rr, cc]
-                            and labels[rr, cc] == value
-                        ):
-                            region[rr, cc] = n_regions
-                            stack[size] = rr * width + cc
-                            size += 1
-                n_regions += 1
-            here = region[row, col]
-            if top_done[row, col] or (row > 0 and region[row - 1, col] == here):
+            here = region[pixel]
+            if top_done[pixel] or region[pixel - stride] == here:
                 continue
             # a ring starts at this top edge, walking east from the pixel's top-left corner
             start = n_corners
-            r, c, direction = row, col, 0
+            corner = pixel - stride - 1
+            direction = 0
             while True:
                 if direction == 0:
-                    top_done[r, c] = True
-                r += _STEP_ROW[direction]
-                c += _STEP_COL[direction]
-                left_r = r + _AHEAD_LEFT[direction, 0]
-                left_c = c + _AHEAD_LEFT[direction, 1]
-                right_r = r + _AHEAD_RIGHT[direction, 0]
-                right_c = c + _AHEAD_RIGHT[direction, 1]
-                if _region_at(region, left_r, left_c) == here:
-                    turn = (direction + 3) % 4  # also across a corner: the far side is a hole
-                elif _region_at(region, right_r, right_c) == here:
-                    turn = direction
-                else:
-                    turn = (direction + 1) % 4
+                    top_done[corner + stride + 1] = True  # the pixel below the edge walked
+                corner += step[direction]
+                left = region[corner + ahead_left[direction]] == here
+                right = region[corner + ahead_right[direction]] == here
+                turn = turns[direction, 2 * left + right]
                 keep = turn != direction
                 if nodes and not keep:  # straight on: a vertex where two regions meet on the left
-                    behind_r = r + _BEHIND_LEFT[direction, 0]
-                    behind_c = c + _BEHIND_LEFT[direction, 1]
-                    keep = _differ(labels, traced, left_r, left_c, behind_r, behind_c)
+                    keep = _differ(labels, traced, corner + ahead_left[direction],
+                                   corner + behind_left[direction])  # fmt: skip
                 if keep:
                     if n_corners + 2 > len(corners):
-                        corners = _grown_rows(corners)
-                    corners[n_corners, 0] = r
-                    corners[n_corners, 1] = c
+                        corners = _grown(corners)
+                    corners[n_corners] = corner
                     n_corners += 1
                 direction = turn
-                if r == row and c == col and direction == 0:
+                if corner == pixel - stride - 1 and direction == 0:
                     break
             # close the ring with its first corner
-            corners[n_corners, 0] = corners[start, 0]
-            corners[n_corners, 1] = corners[start, 1]
+            corners[n_corners] = corners[start]
             n_corners += 1
             if n_rings == len(ring_ends):
                 ring_ends = _grown(ring_ends)
                 ring_region = _grown(ring_region)
             ring_ends[n_rings] = n_corners
-            ring_region[n_rings] = region[row, col]
+            ring_region[n_rings] = here
             n_rings += 1
-    return (
-        corners[:n_corners],
-        ring_ends[:n_rings],
-        ring_region[:n_rings],
-        n_regions,
-        region_value[:n_regions],
-    )
+    return corners[:n_corners], ring_ends[:n_rings], ring_region[:n_rings], n_regions, region_value
+
+
+@numba.njit(cache=True)
+def _regions(
+    labels: np.ndarray, traced: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each ringed pixel's region (4-connected, one value; -1 untraced), and regions' labels.
+
+    Regions are numbered in the raster order of their first pixels (two passes: runs joined
+    to the row above by union-find, then every pixel given its set's number).
+    """
+    stride = width + 2
+    provisional = np.full(len(labels), -1, np.int64)
+    parent = np.empty(64, np.int64)
+    n = 0
+    for row in range(1, height + 1):
+        for pixel in range(row * stride + 1, row * stride + width + 1):
+            if not traced[pixel]:
+                continue
+            value = labels[pixel]
+            left = pixel - 1
+            up = pixel - stride
+            same_left = traced[left] and labels[left] == value
+            same_up = traced[up] and labels[up] == value
+            if same_left:
+                provisional[pixel] = provisional[left]
+                if same_up and provisional[up] != provisional[left]:
+                    a, b = _find(parent, provisional[left]), _find(parent, provisional[up])
+                    if a != b:  # the smaller (earlier) set's number stays the root
+                        parent[max(a, b)] = min(a, b)
+            elif same_up:
+                provisional[pixel] = provisional[up]
+            else:
+                if n == len(parent):
+                    parent = _grown(parent)
+                parent[n] = n
+                provisional[pixel] = n
+                n += 1
+    # roots come in the raster order of their first pixels: number them so
+    number = np.full(n, -1, np.int64)
+    count = 0
+    for k in range(n):
+        root = _find(parent, k)
+        if number[root] < 0:
+            number[root] = count
+            count += 1
+        number[k] = number[root]
+    region = np.full(len(labels), -1, np.int32)
+    values = np.empty(count, np.int64)
+    for pixel in range(len(labels)):
+        if provisional[pixel] >= 0:
+            region[pixel] = number[provisional[pixel]]
+            values[region[pixel]] = labels[pixel]
+    return region, values
+
+
+@numba.njit(cache=True)
+def _find(parent: np.ndarray, x: int) -> int:
+    """The root of ``x`` (halving the path walked)."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
 
 
 @numba.njit(cache=True, inline="always")
-def _region_at(region: np.ndarray, row: int, col: int) -> int:
-    """The region number of pixel (row, col): -1 untraced, not numbered yet or outside."""
-    if 0 <= row < region.shape[0] and 0 <= col < region.shape[1]:
-        return region[row, col]
-    return -1
-
-
-@numba.njit(cache=True, inline="always")
-def _inside(traced: np.ndarray, row: int, col: int) -> bool:
-    """Whether pixel (row, col) lies inside the image and is traced."""
-    return 0 <= row < traced.shape[0] and 0 <= col < traced.shape[1] and traced[row, col]
-
-
-@numba.njit(cache=True, inline="always")
-def _differ(
-    labels: np.ndarray, traced: np.ndarray, row: int, col: int, row2: int, col2: int
-) -> bool:
+def _differ(labels: np.ndarray, traced: np.ndarray, first: int, second: int) -> bool:
     """Whether two side by side pixels lie in different regions (all untraced ones are one).
 
     Side by side pixels of one value are one region, so labels tell regions apart here even
     where they are not numbered yet.
     """
-    first, second = _inside(traced, row, col), _inside(traced, row2, col2)
-    if first and second:
-        return labels[row, col] != labels[row2, col2]
-    return first or second
+    if traced[first] and traced[second]:
+        return labels[first] != labels[second]
+    return traced[first] or traced[second]
 
 
 @numba.njit(cache=True)
 def _grown(array: np.ndarray) -> np.ndarray:
     out = np.empty(2 * len(array), array.dtype)
     out[: len(array)] = array
-    return out
-
-
-@numba.njit(cache=True)
-def _grown_rows(array: np.ndarray) -> np.ndarray:
-    out = np.empty((2 * array.shape[0], array.shape[1]), array.dtype)
-    out[: array.shape[0]] = array
     return out
