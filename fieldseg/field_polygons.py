@@ -65,6 +65,13 @@ class FieldTracer:
     ) -> None:
         self.transform = transform
         self.crs = crs
+        projected = CRS.from_user_input(crs)
+        square = transform.b == 0 and transform.d == 0 and abs(transform.a) == abs(transform.e)
+        self._pixel_side_m = (
+            abs(transform.a) * _metres_per_unit(projected)
+            if square and not projected.is_geographic
+            else None
+        )  # pixels measured as they are, not through their world coordinates
         self.categories = np.asarray(list(categories) or ["field"], dtype=object)
         self.model = model
         self.min_area_m2 = min_area_m2
@@ -130,15 +137,9 @@ class FieldTracer:
         polygons, ids, exact = polygons[largest], ids[largest], exact[largest]
         if self.simplify_px:
             polygons = self._off_earlier_fields(polygons, batch.row_offset)
-        area_m2, perimeter_m = true_area_perimeter(
-            shapely.transform(polygons, self._to_world), self.crs
-        )
+        area_m2, perimeter_m = self._measured(polygons)
         # the minimum area applies to the field's pixels: simplifying never drops a field
-        size_m2 = (
-            true_area_perimeter(shapely.transform(exact, self._to_world), self.crs)[0]
-            if self.simplify_px
-            else area_m2
-        )
+        size_m2 = self._measured(exact)[0] if self.simplify_px else area_m2
         keep = (size_m2 >= self.min_area_m2) & (area_m2 > 0)
         polygons, ids, bottom = polygons[keep], ids[keep], shapely.bounds(exact[keep])[:, 3]
         class_index = np.clip(batch.class_id[ids] - 1, 0, len(self.categories) - 1)
@@ -230,6 +231,17 @@ class FieldTracer:
         self._recent_bottom = np.concatenate([self._recent_bottom[keep], bottoms])
         return polygons
 
+    def _measured(self, polygons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """True areas (m2) and perimeters (m) of polygons in area pixel coordinates.
+
+        In a projected CRS with square, unrotated pixels these are the pixel measures
+        scaled; otherwise they are measured in the scene CRS (on the ellipsoid if geographic).
+        """
+        if self._pixel_side_m:
+            side = self._pixel_side_m
+            return shapely.area(polygons) * side**2, shapely.length(polygons) * side
+        return true_area_perimeter(shapely.transform(polygons, self._to_world), self.crs)
+
     def _to_world(self, coords: np.ndarray) -> np.ndarray:
         x, y = self.transform * (coords[:, 0], coords[:, 1])
         return np.column_stack([x, y])
@@ -280,7 +292,14 @@ def _noded(polygons: np.ndarray, walk: np.ndarray | None = None) -> np.ndarray:
         return _walked(polygons, np.zeros((0, 2)))
     out = np.asarray(polygons, dtype=object).copy()
     if walk.any():
-        out[walk] = _walked(polygons[walk], shapely.get_coordinates(polygons[~walk]))
+        # only the vertices of outlines whose bounds meet the walked ones' can lie on them
+        walked = shapely.bounds(polygons[walk])
+        low, high = walked.min(axis=0), walked.max(axis=0)
+        others = polygons[~walk]
+        bounds = shapely.bounds(others)
+        near = (bounds[:, 0] <= high[2]) & (bounds[:, 2] >= low[0])
+        near &= (bounds[:, 1] <= high[3]) & (bounds[:, 3] >= low[1])
+        out[walk] = _walked(polygons[walk], shapely.get_coordinates(others[near]))
     return out
 
 
