@@ -64,12 +64,11 @@ class FieldTracer:
         pixel_m: float | None = None,
     ) -> None:
         self.transform = transform
-        self.crs = crs
-        projected = CRS.from_user_input(crs)
+        self.crs = CRS.from_user_input(crs)  # once: frames are made batch by batch
         square = transform.b == 0 and transform.d == 0 and abs(transform.a) == abs(transform.e)
         self._pixel_side_m = (
-            abs(transform.a) * _metres_per_unit(projected)
-            if square and not projected.is_geographic
+            abs(transform.a) * _metres_per_unit(self.crs)
+            if square and not self.crs.is_geographic
             else None
         )  # pixels measured as they are, not through their world coordinates
         self.categories = np.asarray(list(categories) or ["field"], dtype=object)

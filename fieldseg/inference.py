@@ -328,7 +328,10 @@ def predict_scene(
                 if batch is not None:
                     _write_batch(batch, writer, tracer, timings)
             tick = time.perf_counter()
-            writer.write(tracer.finish())
+            held = tracer.finish()
+            timings["trace"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            writer.write(held)
             timings["write"] += time.perf_counter() - tick
             if n_skipped == len(rows) * len(cols):
                 raise InputFileError(
