@@ -234,7 +234,7 @@ def _row_maxima(rows: np.ndarray, row: np.ndarray, height: int) -> np.ndarray:
 # -- compiled kernels ---------------------------------------------------------------------
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _boxed_claim_arrays(
     values: np.ndarray, boxes: np.ndarray, width: int, pmax: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,7 +269,7 @@ def _boxed_claim_arrays(
     return pixel, instance, value
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _resolve(
     pixel: np.ndarray,
     instance: np.ndarray,
@@ -328,7 +328,7 @@ def _resolve(
     return out, probability, survivors[:kept]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _claims_per_pixel(pixel: np.ndarray, n_pixels: int) -> np.ndarray:
     counts = np.zeros(n_pixels, np.int32)
     for p in pixel:
@@ -336,7 +336,7 @@ def _claims_per_pixel(pixel: np.ndarray, n_pixels: int) -> np.ndarray:
     return counts
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _contested_order(pixel: np.ndarray, on_pixel: np.ndarray) -> np.ndarray:
     """The claims on pixels claimed more than once, by pixel, then instance (a counting sort)."""
     n_pixels = len(on_pixel)
@@ -352,7 +352,7 @@ def _contested_order(pixel: np.ndarray, on_pixel: np.ndarray) -> np.ndarray:
     return order
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _duplicates(
     pixel: np.ndarray,
     instance: np.ndarray,
@@ -399,7 +399,7 @@ def _duplicates(
     return duplicate
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _slot(keys: np.ndarray, key: int) -> int:
     """Where ``key`` is, or goes, in a hash table of ``keys`` (-1: free; size a power of 2)."""
     bits = 0
@@ -412,7 +412,7 @@ def _slot(keys: np.ndarray, key: int) -> int:
     return slot
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rehashed(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The hash table twice as large, holding the same entries."""
     new_keys = np.full(2 * len(keys), -1, np.int64)
@@ -425,7 +425,7 @@ def _rehashed(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
     return new_keys, new_counts
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _depths(
     pixel: np.ndarray,
     instance: np.ndarray,
@@ -505,7 +505,7 @@ def _depths(
     return depth
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _assign(
     pixel: np.ndarray,
     instance: np.ndarray,
@@ -558,13 +558,13 @@ def _assign(
     return labels, near
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def _rank(value: np.ndarray, scores: np.ndarray, instance: np.ndarray, j: int) -> float:
     """A claim's strength: its probability, the score breaking exact ties."""
     return value[j] + SCORE_TIE_WEIGHT * scores[instance[j]]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _protect_swallowed(
     labels: np.ndarray,
     pixel: np.ndarray,

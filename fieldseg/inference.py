@@ -21,6 +21,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,13 +33,14 @@ from rasterio.windows import Window, from_bounds
 
 from fieldseg.atomic_output import check_output_path
 from fieldseg.chip_grid import check_chip_geometry, chip_starts
-from fieldseg.chip_resolution import empty_chip, resolve_chip
+from fieldseg.chip_resolution import ResolvedChip, empty_chip, resolve_chip
+from fieldseg.cpu_cores import usable_cores
 from fieldseg.dense_stitching import DenseBlender
 from fieldseg.devices import select_device
 from fieldseg.errors import ConfigError, InputFileError, first_line
 from fieldseg.field_output import FieldWriter
 from fieldseg.field_polygons import FieldTracer
-from fieldseg.models.base import FieldModel
+from fieldseg.models.base import ChipPrediction, FieldModel
 from fieldseg.probability_rasters import ProbabilityRasterWriter, check_raster_outputs
 from fieldseg.progress import progress, progress_shown
 from fieldseg.raster_io import (
@@ -285,8 +287,10 @@ def predict_scene(
         n_skipped = valid_pixels = 0
         with progress_shown(show_progress):  # read when the bar is made
             bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip")
+        cores = usable_cores()
         with (
             bar,
+            ThreadPoolExecutor(cores) if cores > 1 else contextlib.nullcontext() as pool,
             FieldWriter(output, info.crs, overwrite=overwrite) as writer,
             rasters if rasters is not None else contextlib.nullcontext(),
         ):
@@ -318,7 +322,7 @@ def predict_scene(
                     image = np.where(valid, image, np.float32(np.nan)).astype(np.float32)
                     chips.append((col, image, valid))
                 n_skipped += _run_row(net, chips, row, stitcher, chosen, batch_size,
-                                      score_threshold, timings)  # fmt: skip
+                                      score_threshold, timings, pool)  # fmt: skip
                 bar.update(len(cols))
                 bar.set_postfix(km2=f"{valid_pixels * pixel_m2 / 1e6:.1f}",
                                 fields=writer.n_fields)  # fmt: skip
@@ -367,8 +371,12 @@ def _run_row(
     batch_size: int,
     score_threshold: float,
     timings: dict[str, float],
+    pool: ThreadPoolExecutor | None = None,
 ) -> int:
-    """Predict, resolve and stitch one row of chips (in column order); return chips skipped."""
+    """Predict, resolve and stitch one row of chips (in column order); return chips skipped.
+
+    With a ``pool``, the chips of a model batch are resolved on its threads.
+    """
     with_data = [i for i, (_, _, valid) in enumerate(chips) if valid.any()]
     if isinstance(stitcher, DenseBlender):
         _blend_row(net, chips, with_data, row, stitcher, device, batch_size, timings)
@@ -382,8 +390,14 @@ def _run_row(
             predictions = net.predict(images)
         timings["model"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        for i, prediction in zip(batch, predictions, strict=True):
-            resolved[i] = resolve_chip(prediction, chips[i][2], score_threshold=score_threshold)
+
+        def resolve(i: int, prediction: ChipPrediction) -> ResolvedChip:
+            return resolve_chip(prediction, chips[i][2], score_threshold=score_threshold)
+
+        # chips are resolved independently: on a pool of threads (the rule's compiled loops
+        # let go of the GIL), in the same order and with the same results as one by one
+        done = pool.map(resolve, batch, predictions) if pool else map(resolve, batch, predictions)
+        resolved.update(zip(batch, done, strict=True))
         timings["resolve"] += time.perf_counter() - tick
     tick = time.perf_counter()
     for i, (col, image, valid) in enumerate(chips):

@@ -37,13 +37,14 @@ can change nothing reported: matches, splits and merges are exact, best IoUs exa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import shapely
+
+from fieldseg.cpu_cores import usable_cores
 
 #: IoU thresholds of the Fields of The World mean F1: 0.5 to 0.95 in steps of 0.05.
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -427,7 +428,7 @@ def _intersection_areas(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.n
     GIL, so threads are enough to use all cores.
     """
     n = len(a)
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8)
+    workers = usable_cores()
     if workers <= 1 or n <= chunk:
         return shapely.area(shapely.intersection(a, b))
     starts = range(0, n, chunk)

@@ -47,6 +47,7 @@ from fieldseg.chip_writer import (
     cut_chips,
 )
 from fieldseg.coco_format import rle_to_json, write_coco
+from fieldseg.cpu_cores import usable_cores
 from fieldseg.dataset_description import (
     DESCRIPTION_FILE,
     Category,
@@ -735,8 +736,7 @@ def default_workers(chips: int) -> int:
     """
     if chips < 200:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, cores or 1))
+    return usable_cores()
 
 
 def _train_statistics(
