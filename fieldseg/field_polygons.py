@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import geopandas as gpd
+import numba
 import numpy as np
 import pandas as pd
 import shapely
@@ -319,25 +320,66 @@ def _walked(polygons: np.ndarray, others: np.ndarray) -> np.ndarray:
     is_vertex[flat[on_grid]] = True
     extra_flat = extra[:, 1] * width + extra[:, 0]
     is_vertex[extra_flat[extra_flat < len(is_vertex)]] = True
-    # every edge from a ring's point to the next (not from its closing point)
-    is_last = np.zeros(len(flat), bool)
-    is_last[ring_offsets[1:] - 1] = True
-    source = np.flatnonzero(~is_last)
-    step = corners[source + 1] - corners[source]
-    along_grid = on_grid[source] & on_grid[source + 1] & (step.min(axis=1) * step.max(axis=1) == 0)
-    length = np.where(along_grid, np.abs(step).sum(axis=1), 1).clip(min=1)
-    unit = np.where(along_grid, (step[:, 1] * width + step[:, 0]) // length, 0)
-    edge = np.repeat(np.arange(len(source)), length)
-    k = np.arange(len(edge)) - np.repeat(np.cumsum(length) - length, length)
-    walked = flat[source][edge] + unit[edge] * k
-    start = k == 0
-    keep = start | is_vertex[walked]  # an edge's start is its own vertex
-    walked = walked[keep]
-    kept = np.column_stack([walked % width, walked // width]).astype(np.float64) + low
-    kept[start[keep]] = points[source]  # as they were (off the grid too)
-    ring_walk = np.r_[0, np.cumsum(length)][ring_offsets - np.arange(len(ring_offsets))]
-    kept_per_ring = np.diff(np.r_[0, np.cumsum(keep)][ring_walk])
+    kept, kept_per_ring = _walk_edges(
+        points, ring_offsets, corners, on_grid, is_vertex, width, low.astype(np.float64)
+    )
     return _closed_polygons(kind, kept, kept_per_ring, polygon_offsets)
+
+
+@numba.njit(cache=True)
+def _walk_edges(
+    points: np.ndarray,
+    ring_offsets: np.ndarray,
+    corners: np.ndarray,
+    on_grid: np.ndarray,
+    is_vertex: np.ndarray,
+    width: int,
+    low: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rings' points with every vertex (``is_vertex``) that their grid edges pass.
+
+    ``corners`` are the points as grid positions (column, row, less ``low``) and
+    ``is_vertex`` is indexed by row x ``width`` + column. Every ring's points come as they
+    were, not closed, each followed by the vertices that the edge to the next point passes
+    in order; edges off the grid or not along a row or column are left as they are.
+
+    Returns the points, and how many each ring has.
+    """
+    n_rings = len(ring_offsets) - 1
+    per_ring = np.zeros(n_rings, np.int64)
+    out = np.empty((len(points) + 16, 2), np.float64)
+    n = 0
+    for ring in range(n_rings):
+        first = n
+        for i in range(ring_offsets[ring], ring_offsets[ring + 1] - 1):
+            if n == out.shape[0]:
+                out = _grown_rows(out)
+            out[n] = points[i]  # an edge's start, as it was (off the grid too)
+            n += 1
+            if not (on_grid[i] and on_grid[i + 1]):
+                continue
+            dx = corners[i + 1, 0] - corners[i, 0]
+            dy = corners[i + 1, 1] - corners[i, 1]
+            if dx != 0 and dy != 0:
+                continue  # not along a row or a column
+            ux, uy = np.sign(dx), np.sign(dy)
+            for k in range(1, abs(dx) + abs(dy)):
+                x, y = corners[i, 0] + ux * k, corners[i, 1] + uy * k
+                if is_vertex[y * width + x]:
+                    if n == out.shape[0]:
+                        out = _grown_rows(out)
+                    out[n, 0] = x + low[0]
+                    out[n, 1] = y + low[1]
+                    n += 1
+        per_ring[ring] = n - first
+    return out[:n], per_ring
+
+
+@numba.njit(cache=True)
+def _grown_rows(array: np.ndarray) -> np.ndarray:
+    out = np.empty((2 * array.shape[0], array.shape[1]), array.dtype)
+    out[: array.shape[0]] = array
+    return out
 
 
 def _straight_runs_removed(polygons: np.ndarray) -> np.ndarray:
