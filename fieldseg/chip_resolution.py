@@ -302,7 +302,8 @@ def _resolve(
         order = _contested_order(pixel, on_pixel)
     depth = _depths(pixel, instance, order, on_pixel, n, height, width, max_depth)
     labels, near = _assign(pixel, instance, value, order, depth, scores, n_pixels, margin)
-    _protect_swallowed(labels, pixel, instance, near, depth, n)
+    if len(order):  # uncontested, every instance keeps all its claims: none is swallowed
+        _protect_swallowed(labels, pixel, instance, near, depth, n)
     # instances left too small are dropped; the rest are numbered 1.. in order
     area = np.zeros(n + 1, np.int64)
     for p in range(n_pixels):
@@ -316,15 +317,14 @@ def _resolve(
             number[i] = kept
             survivors[kept - 1] = i - 1
     probability = np.empty(n_pixels, np.float32)
-    for p in range(n_pixels):
-        probability[p] = np.float32(1.0) - pmax[p]
-    for j in range(len(pixel)):
-        p = pixel[j]
-        if labels[p] == instance[j] + 1 and number[labels[p]] > 0:
-            probability[p] = value[j]
     out = np.empty(n_pixels, np.int32)
     for p in range(n_pixels):
+        probability[p] = np.float32(1.0) - pmax[p]
         out[p] = number[labels[p]]
+    for j in range(len(pixel)):
+        p = pixel[j]
+        if labels[p] == instance[j] + 1 and out[p] > 0:
+            probability[p] = value[j]
     return out, probability, survivors[:kept]
 
 

@@ -179,7 +179,7 @@ class SceneStitcher:
         """
         rows = min(chip.labels.shape[0], self.height - row)
         cols = min(chip.labels.shape[1], self.width - col)
-        local = chip.labels[:rows, :cols].astype(np.int32)  # kept while the chip is live
+        local = chip.labels[:rows, :cols].astype(np.int32, copy=False)  # kept while live
         valid = valid[:rows, :cols]
         index = self._n_chips
         self._n_chips += 1
@@ -234,7 +234,7 @@ class SceneStitcher:
         rows, cols = placed.local.shape
         self._grow_buffers(row + rows)
         weight = self._edge_weight(row, col, rows, cols)
-        cut = self._cut_instances(row, col, placed.local)
+        cut = self._cut_instances(row, col, placed.local, placed.size)
         self._instances.cut[cut + (placed.first - 1)] = True
         # the vote's factor by the chip's own instance number (0: background)
         factor = np.ones(placed.size + 1, np.float32)
@@ -261,21 +261,11 @@ class SceneStitcher:
             self._weights[key] = np.minimum(1.0, (distance + 0.5) / self.ramp).astype(np.float32)
         return self._weights[key]
 
-    def _cut_instances(self, row: int, col: int, ids: np.ndarray) -> np.ndarray:
+    def _cut_instances(self, row: int, col: int, local: np.ndarray, size: int) -> np.ndarray:
         """The chip's instance numbers that reach a chip edge lying inside the area."""
-        edges = []
-        if row > 0:
-            edges.append(ids[0])
-        if row + ids.shape[0] < self.height:
-            edges.append(ids[-1])
-        if col > 0:
-            edges.append(ids[:, 0])
-        if col + ids.shape[1] < self.width:
-            edges.append(ids[:, -1])
-        if not edges:
-            return np.zeros(0, np.int32)
-        found = np.unique(np.concatenate(edges))
-        return found[found > 0]
+        rows, cols = local.shape
+        inner = (row > 0, row + rows < self.height, col > 0, col + cols < self.width)
+        return _on_edges(local, size, *inner)
 
     def _grow_buffers(self, bottom: int) -> None:
         """Rows down to scene row ``bottom`` in the pixel buffers (room doubles as needed)."""
@@ -587,3 +577,24 @@ def _field_labels(
             ):
                 touches[label] = True
     return labels, touches
+
+
+@numba.njit(cache=True)
+def _on_edges(
+    local: np.ndarray, size: int, top: bool, bottom: bool, left: bool, right: bool
+) -> np.ndarray:
+    """The instance numbers (1..size) found on the chosen edges of a chip, ascending."""
+    found = np.zeros(size + 1, np.bool_)
+    rows, cols = local.shape
+    for c in range(cols):
+        if top:
+            found[local[0, c]] = True
+        if bottom:
+            found[local[rows - 1, c]] = True
+    for r in range(rows):
+        if left:
+            found[local[r, 0]] = True
+        if right:
+            found[local[r, cols - 1]] = True
+    found[0] = False
+    return np.flatnonzero(found)
