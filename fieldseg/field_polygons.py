@@ -156,10 +156,14 @@ class FieldTracer:
         return polygons, frame, bottom
 
     def _georeferenced(self, polygons: np.ndarray, frame: pd.DataFrame) -> gpd.GeoDataFrame:
-        """Pixel-coordinate polygons and their attributes as a frame in the scene CRS."""
+        """Pixel-coordinate polygons and their attributes as a frame in the scene CRS.
+
+        Rings follow the right-hand rule (RFC 7946): exteriors counter-clockwise, holes
+        clockwise, whatever way the tracer walked and the transform turns them.
+        """
         if len(polygons) == 0:
             return empty_fields(self.crs)
-        world = shapely.transform(polygons, self._to_world)
+        world = shapely.orient_polygons(shapely.transform(polygons, self._to_world))
         return gpd.GeoDataFrame(frame, geometry=world, crs=self.crs)
 
     def _pieces(self, batch: FieldBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

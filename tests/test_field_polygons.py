@@ -54,6 +54,9 @@ def test_a_corner_on_a_neighbours_edge_becomes_a_vertex_of_both() -> None:
     assert fields["area_m2"].tolist() == [1600.0, 1600.0, 1600.0, 4800.0, 800.0, 800.0]
     assert shapely.equals(polygons, shapely.simplify(polygons, 0.0)).all()
     assert overlapping_pairs(fields.to_crs("EPSG:4326")) == 0
+    # the right-hand rule: exteriors counter-clockwise, the hole clockwise
+    assert shapely.is_ccw(shapely.get_exterior_ring(polygons)).all()
+    assert not shapely.is_ccw(ring.interiors[0])
 
 
 def test_a_field_waits_for_the_later_neighbour_that_may_touch_it() -> None:

@@ -59,6 +59,8 @@ def test_exact_oracle_gives_the_truth_back(scene: OracleScene, tmp_path: Path, c
     # a noded coverage: neighbours share their vertices too, so reprojecting opens no sliver
     assert shapely.coverage_is_valid(fields.geometry.values)
     assert overlapping_pairs(fields.to_crs("EPSG:4326")) == 0
+    # the right-hand rule: exteriors counter-clockwise, holes clockwise
+    assert shapely.is_ccw(shapely.get_exterior_ring(fields.geometry.values)).all()
 
 
 def test_the_oracle_predicts_without_warnings(
