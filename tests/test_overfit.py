@@ -1,8 +1,10 @@
-"""The light Mask R-CNN config can learn: it overfits two tiny chips to mask AP@0.5 >= 0.9.
+"""The light Mask R-CNN config can learn: it overfits two tiny chips to mask AP@0.5 >= 0.8.
 
 The ROI heads sample half the config's proposals here: their ``roi_align`` backward, one
 thread on a CPU, is most of a step, and eight fields need far fewer. It cut the test from
-150 s to 96 s on a 2-core machine (mask AP@0.5 0.965 at 30 steps).
+150 s to 96 s on a 2-core machine. CPUs differ in their float kernels, and so do 30 steps'
+results: mask AP@0.5 was 0.965 on one 2-core machine and 0.875 (seven of the eight fields)
+on another, hence the bound; a model that does not learn scores near 0.
 """
 
 from __future__ import annotations
@@ -32,4 +34,4 @@ def test_light_config_overfits_two_tiny_chips(tmp_path: Path) -> None:
     assert len(chips) == 2 and chips.n_instances == 8
     predictions = dict(zip([t["image_id"] for t in targets], model.predict(images), strict=True))
     metrics = evaluate_chip_predictions(chips.coco_document, predictions)
-    assert metrics["segm_AP50"] >= 0.9, metrics
+    assert metrics["segm_AP50"] >= 0.8, metrics
