@@ -179,7 +179,7 @@ def _regions(
             if same_left:
                 provisional[pixel] = provisional[left]
                 if same_up and provisional[up] != provisional[left]:
-                    a, b = _find(parent, provisional[left]), _find(parent, provisional[up])
+                    a, b = find_root(parent, provisional[left]), find_root(parent, provisional[up])
                     if a != b:  # the smaller (earlier) set's number stays the root
                         parent[max(a, b)] = min(a, b)
             elif same_up:
@@ -194,7 +194,7 @@ def _regions(
     number = np.full(n, -1, np.int64)
     count = 0
     for k in range(n):
-        root = _find(parent, k)
+        root = find_root(parent, k)
         if number[root] < 0:
             number[root] = count
             count += 1
@@ -209,8 +209,8 @@ def _regions(
 
 
 @numba.njit(cache=True)
-def _find(parent: np.ndarray, x: int) -> int:
-    """The root of ``x`` (halving the path walked)."""
+def find_root(parent: np.ndarray, x: int) -> int:
+    """The root of ``x`` in the union-find forest ``parent`` (halving the path walked)."""
     while parent[x] != x:
         parent[x] = parent[parent[x]]
         x = parent[x]

@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from fieldseg.chip_resolution import ResolvedChip
+from fieldseg.outline_tracing import find_root
 
 
 @dataclass
@@ -457,15 +458,6 @@ def _agreeing_pairs(
 
 
 @numba.njit(cache=True)
-def _root(parent: np.ndarray, x: int) -> int:
-    """The root of instance ``x`` (halving the path walked)."""
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
-@numba.njit(cache=True)
 def _join_pairs(
     parent: np.ndarray,
     chip: np.ndarray,
@@ -479,7 +471,7 @@ def _join_pairs(
     The smaller root stays the root; the other field's member list is appended to its own.
     """
     for k in range(len(xs)):
-        rx, ry = _root(parent, xs[k]), _root(parent, ys[k])
+        rx, ry = find_root(parent, xs[k]), find_root(parent, ys[k])
         if rx == ry:
             continue
         shared = False
