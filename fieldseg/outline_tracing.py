@@ -7,11 +7,14 @@ GDAL's polygons and one GeoJSON dict each. It is several times faster than ``sha
 can also place a vertex wherever a straight edge passes a junction of two other regions
 (``nodes=True``), so that neighbours come out noded, as a valid coverage, in the same pass.
 
-The walk keeps the region on its right. At each pixel corner it turns right where it can,
-else goes straight, else turns left: turning right first keeps the outline tight around its
-own pixels, so regions that touch only at a corner stay apart (4-connectivity). Each region's
-first pixel in raster order has its top edge on the outer ring; every other ring of the region
-(a hole) is met later in the scan at one of its top edges.
+Regions are numbered first (union-find over runs), then each ring is walked with its region
+on the right. At each pixel corner the walk turns left onto a pixel of its own region ahead
+on the left, else goes straight along one ahead on the right, else turns right. Comparing
+region numbers, not values, keeps regions of one value that touch only at a corner apart
+(4-connectivity), while a region touching itself at a corner is one outer ring and a hole
+that meet there, as GDAL gives it. Each region's first pixel in raster order has its top edge
+on the outer ring; every other ring of the region (a hole) is met later in the scan at one of
+its top edges.
 """
 
 from __future__ import annotations
@@ -132,8 +135,10 @@ def _walk(
                 turn = turns[direction, 2 * left + right]
                 keep = turn != direction
                 if nodes and not keep:  # straight on: a vertex where two regions meet on the left
-                    keep = _differ(labels, traced, corner + ahead_left[direction],
-                                   corner + behind_left[direction])  # fmt: skip
+                    keep = (
+                        region[corner + ahead_left[direction]]
+                        != region[corner + behind_left[direction]]
+                    )  # all untraced pixels are one: -1
                 if keep:
                     if n_corners + 2 > len(corners):
                         corners = _grown(corners)
@@ -215,18 +220,6 @@ def find_root(parent: np.ndarray, x: int) -> int:
         parent[x] = parent[parent[x]]
         x = parent[x]
     return x
-
-
-@numba.njit(cache=True, inline="always")
-def _differ(labels: np.ndarray, traced: np.ndarray, first: int, second: int) -> bool:
-    """Whether two side by side pixels lie in different regions (all untraced ones are one).
-
-    Side by side pixels of one value are one region, so labels tell regions apart here even
-    where they are not numbered yet.
-    """
-    if traced[first] and traced[second]:
-        return labels[first] != labels[second]
-    return traced[first] or traced[second]
 
 
 @numba.njit(cache=True)
