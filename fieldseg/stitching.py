@@ -234,8 +234,10 @@ class SceneStitcher:
         """Let the chip's votes take the pixels where they are stronger than earlier ones."""
         rows, cols = placed.local.shape
         self._grow_buffers(row + rows)
-        weight = self._edge_weight(row, col, rows, cols)
-        cut = self._cut_instances(row, col, placed.local, placed.size)
+        # the chip's top, bottom, left and right edges that lie inside the area
+        inner = (row > 0, row + rows < self.height, col > 0, col + cols < self.width)
+        weight = self._edge_weight(rows, cols, inner)
+        cut = _on_edges(placed.local, placed.size, *inner)  # instance numbers the edges cut
         self._instances.cut[cut + (placed.first - 1)] = True
         # the vote's factor by the chip's own instance number (0: background)
         factor = np.ones(placed.size + 1, np.float32)
@@ -248,9 +250,10 @@ class SceneStitcher:
             chip.probability[:rows, :cols], weight, factor, placed.local, placed.first, valid,
         )  # fmt: skip
 
-    def _edge_weight(self, row: int, col: int, rows: int, cols: int) -> np.ndarray:
-        """Vote weight by distance to the chip's edges that lie inside the area."""
-        inner = (row > 0, row + rows < self.height, col > 0, col + cols < self.width)
+    def _edge_weight(
+        self, rows: int, cols: int, inner: tuple[bool, bool, bool, bool]
+    ) -> np.ndarray:
+        """Vote weight by distance to the chip's edges that lie inside the area (``inner``)."""
         key = (rows, cols, *inner)
         if key not in self._weights:
             far = float(max(rows, cols))
@@ -261,12 +264,6 @@ class SceneStitcher:
             distance = np.minimum(dy[:, None], dx[None, :])
             self._weights[key] = np.minimum(1.0, (distance + 0.5) / self.ramp).astype(np.float32)
         return self._weights[key]
-
-    def _cut_instances(self, row: int, col: int, local: np.ndarray, size: int) -> np.ndarray:
-        """The chip's instance numbers that reach a chip edge lying inside the area."""
-        rows, cols = local.shape
-        inner = (row > 0, row + rows < self.height, col > 0, col + cols < self.width)
-        return _on_edges(local, size, *inner)
 
     def _grow_buffers(self, bottom: int) -> None:
         """Rows down to scene row ``bottom`` in the pixel buffers (room doubles as needed)."""
@@ -454,7 +451,7 @@ def _agreeing_pairs(
                 xs[found] = ids_a[i]
                 ys[found] = ids_b[j]
                 found += 1
-    return xs[:found], ys[:found]
+    return xs, ys
 
 
 @numba.njit(cache=True)
