@@ -373,17 +373,19 @@ def _duplicates(
     for i in instance:
         own[i] += 1
     # pair -> pixels shared: open addressing with Fibonacci hashing, grown when half full
-    keys = np.full(1 << 10, -1, np.int64)
-    counts = np.zeros(1 << 10, np.int64)
+    bits = 10
+    keys = np.full(1 << bits, -1, np.int64)
+    counts = np.zeros(1 << bits, np.int64)
     n_keys = 0
     for k in range(len(order)):
         for offset in range(1, 4):
             if k + offset >= len(order) or pixel[order[k + offset]] != pixel[order[k]]:
                 break
             if 2 * (n_keys + 1) > len(keys):
-                keys, counts = _rehashed(keys, counts)
+                keys, counts = _rehashed(keys, counts, bits + 1)
+                bits += 1
             key = instance[order[k]] * n + instance[order[k + offset]]  # a < b
-            slot = _slot(keys, key)
+            slot = _slot(keys, key, bits)
             if keys[slot] == -1:
                 keys[slot] = key
                 n_keys += 1
@@ -400,11 +402,8 @@ def _duplicates(
 
 
 @numba.njit(cache=True, nogil=True)
-def _slot(keys: np.ndarray, key: int) -> int:
-    """Where ``key`` is, or goes, in a hash table of ``keys`` (-1: free; size a power of 2)."""
-    bits = 0
-    while (1 << bits) < len(keys):
-        bits += 1
+def _slot(keys: np.ndarray, key: int, bits: int) -> int:
+    """Where ``key`` is, or goes, in a hash table of ``keys`` (-1: free; 2**``bits`` long)."""
     shift = np.uint64(64 - bits)
     slot = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
     while keys[slot] != -1 and keys[slot] != key:
@@ -413,13 +412,13 @@ def _slot(keys: np.ndarray, key: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _rehashed(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The hash table twice as large, holding the same entries."""
+def _rehashed(keys: np.ndarray, counts: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hash table twice as large (2**``bits`` long), holding the same entries."""
     new_keys = np.full(2 * len(keys), -1, np.int64)
     new_counts = np.zeros(2 * len(keys), np.int64)
     for slot in range(len(keys)):
         if keys[slot] >= 0:
-            at = _slot(new_keys, keys[slot])
+            at = _slot(new_keys, keys[slot], bits)
             new_keys[at] = keys[slot]
             new_counts[at] = counts[slot]
     return new_keys, new_counts
