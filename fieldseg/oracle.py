@@ -124,11 +124,13 @@ class OracleFieldModel(FieldModel):
         height, width = local.shape
         reach = self.leak_pixels
         square = np.ones((2 * reach + 1, 2 * reach + 1), dtype=bool)
-        boxes, crops = [], []
+        boxes, crops = [], []  # the crops end to end: the flat form the stitcher reads
+        values = masks.values.numpy()
+        starts = masks.offsets()[0]
         for k, (x0, y0, x1, y1) in enumerate(masks.boxes.tolist(), start=1):
             if not touching[k].any():
                 boxes.append((x0, y0, x1, y1))
-                crops.append(masks.crops[k - 1])
+                crops.append(values[starts[k - 1] : starts[k - 1] + (y1 - y0) * (x1 - x0)])
                 continue
             x0, y0 = max(0, x0 - reach), max(0, y0 - reach)
             x1, y1 = min(width, x1 + reach), min(height, y1 + reach)
@@ -136,8 +138,10 @@ class OracleFieldModel(FieldModel):
             own = window == k
             grown = ndi.binary_dilation(own, structure=square) & touching[k][window]
             boxes.append((x0, y0, x1, y1))
-            crops.append(torch.from_numpy((own | grown).astype(np.float32)))
-        return BoxedMasks.from_crops(boxes, crops, height, width)
+            crops.append((own | grown).astype(np.float32).ravel())
+        flat = np.concatenate(crops) if crops else np.zeros(0, np.float32)
+        box_tensor = torch.tensor(boxes, dtype=torch.int64).reshape(-1, 4)
+        return BoxedMasks.from_flat(box_tensor, torch.from_numpy(flat), height, width)
 
 
 class DenseOracleFieldModel(OracleFieldModel):

@@ -138,6 +138,32 @@ def _reference_depths(masks: np.ndarray, cap: int) -> np.ndarray:
     return out
 
 
+def _kernel_depths(masks: BoxedMasks, valid: np.ndarray, cap: int) -> np.ndarray:
+    """(N, H, W) depths as the kernel finds them: each mask's bit planes, read back."""
+    height, width = valid.shape
+    values = masks.values.numpy()
+    boxes = masks.boxes.numpy().astype(np.int64)
+    start = np.r_[0, np.cumsum(masks.offsets()[1])]
+    claims = masks.dense().numpy() >= 0.5
+    count = claims.sum(axis=0).astype(np.int32).ravel()
+    kept = np.arange(len(boxes))
+    planes = cr._depth_planes(boxes, kept, cap)
+    out = np.full((len(boxes), height, width), cap, np.int64)
+    for i, (x0, y0, _, _) in enumerate(boxes.tolist()):
+        levels = cr._instance_depths(
+            values, boxes, start, i, valid.ravel(), count, height, width, cap, planes
+        )
+        words = (boxes[i, 2] - x0 + 2 + 63) // 64
+        for y, x in zip(*np.nonzero(claims[i]), strict=True):
+            column = x - x0 + 1
+            word = (y - y0 + 1) * words + column // 64
+            for level in range(1, levels + 1):
+                if int(planes[level + 1, word]) >> int(column % 64) & 1:
+                    out[i, y, x] = level
+                    break
+    return out
+
+
 def test_depths_are_steps_inside_the_mask_to_another_claim() -> None:
     # a U-shaped field around a square one (across the gap the U's arms are near the other
     # field, along the U far), fields at the chip edge, every mask leaking 2 px
@@ -150,19 +176,34 @@ def test_depths_are_steps_inside_the_mask_to_another_claim() -> None:
     oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
     (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
     masks = prediction.dense_masks().numpy() >= 0.5
-    _, claims = cr._claims(prediction.dense_masks(), None)
-    on_pixel = cr._claims_per_pixel(claims.pixel, SIZE * SIZE)
-    contested = cr._contested_order(claims.pixel, on_pixel)
-    ys, xs = np.divmod(claims.pixel, SIZE)
-    for cap in (2, 3, 6, 12):
-        depth = cr._depths(
-            claims.pixel, claims.instance, contested, on_pixel, len(masks), SIZE, SIZE, cap
-        )
-        assert np.array_equal(depth, _reference_depths(masks, cap)[claims.instance, ys, xs])
+    for cap in (1, 2, 3, 6, 12):
+        depth = _kernel_depths(prediction.masks, ALL_VALID, cap)
+        assert np.array_equal(depth[masks], _reference_depths(masks, cap)[masks])
     assert depth.max() > 6  # deep enough to test the cap
 
 
-def test_sparse_rows_one_dense_pass_and_boxed_masks_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_depths_of_masks_wider_than_one_word() -> None:
+    # crops of 130 and 66 columns (3 and 2 words of 64 pixels a row with the ring), fields
+    # meeting across word boundaries; one strip of nodata
+    height, width = 24, 200
+    ids = np.zeros((height, width), np.int32)
+    ids[2:20, 0:130] = 1
+    ids[6:12, 60:70] = 2  # inside field 1, across its first word boundary
+    ids[2:22, 130:196] = 3
+    ids[20:24, 0:130] = 4
+    oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
+    (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
+    masks = prediction.dense_masks().numpy() >= 0.5
+    assert (prediction.masks.boxes[:, 2] - prediction.masks.boxes[:, 0]).max() >= 130
+    for cap in (3, 9, 40):
+        depth = _kernel_depths(prediction.masks, np.ones((height, width), bool), cap)
+        assert np.array_equal(depth[masks], _reference_depths(masks, cap)[masks])
+    assert depth.max() > 9
+    chip = resolve_chip(prediction, np.ones((height, width), bool), min_pixels=1)
+    assert len(chip) == 4 and np.array_equal(chip.labels, ids)
+
+
+def test_dense_stacks_crops_and_flat_masks_resolve_alike() -> None:
     ids = np.zeros((SIZE, SIZE), np.int32)
     ids[0:16, 0:16], ids[0:16, 16:30], ids[18:30, 2:28] = 1, 2, 3
     oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
@@ -170,19 +211,23 @@ def test_sparse_rows_one_dense_pass_and_boxed_masks_agree(monkeypatch: pytest.Mo
     rng = np.random.default_rng(0)
     soft = prediction.dense_masks() * torch.from_numpy(rng.uniform(0.55, 1.0, (3, 1, 1))).float()
     soft[0, 30:32, 0:8] = 0.2  # faint evidence on background, in rows of its own
-    prediction.masks = soft
     valid = ALL_VALID.copy()
     valid[10:14, 10:20] = False
-    monkeypatch.setattr(cr, "DENSE_ROW_SHARE", 1.0)
-    sparse = resolve_chip(prediction, valid, min_pixels=1)
-    monkeypatch.setattr(cr, "DENSE_ROW_SHARE", 0.0)
+    prediction.masks = soft
     dense = resolve_chip(prediction, valid, min_pixels=1)
-    prediction.masks = BoxedMasks.from_dense(soft)
+    flat = BoxedMasks.from_dense(soft)
+    prediction.masks = flat
     boxed = resolve_chip(prediction, valid, min_pixels=1)
-    assert len(sparse) == 3
+    x0, y0, x1, y1 = flat.boxes.T.tolist()
+    prediction.masks = BoxedMasks.from_crops(
+        list(zip(x0, y0, x1, y1, strict=True)), list(flat.crops), SIZE, SIZE
+    )
+    cropped = resolve_chip(prediction, valid, min_pixels=1)
+    assert len(dense) == 3
     for name in ("labels", "probability", "scores", "classes"):
-        assert np.array_equal(getattr(sparse, name), getattr(dense, name))
         assert np.array_equal(getattr(boxed, name), getattr(dense, name))
+        assert np.array_equal(getattr(cropped, name), getattr(dense, name))
+    assert np.allclose(dense.probability[30:32, 0:8], 0.8)  # 1 - the faint evidence
     # a score floor keeps a subset; half-precision crops read as the dense stack does
     prediction.scores = torch.tensor([0.9, 0.3, 0.8])
     prediction.masks = BoxedMasks.from_dense(soft.half())
@@ -192,22 +237,22 @@ def test_sparse_rows_one_dense_pass_and_boxed_masks_agree(monkeypatch: pytest.Mo
     assert len(boxed) == 2
     for name in ("labels", "probability", "scores", "classes"):
         assert np.array_equal(getattr(boxed, name), getattr(dense, name))
-    assert np.allclose(sparse.probability[30:32, 0:8], 0.8)  # 1 - the faint evidence
 
 
-def test_contested_claims_come_by_pixel_then_claim_order() -> None:
-    rng = np.random.default_rng(0)
-    pixel = rng.integers(0, 300, 5000)  # claims of 5000 instances, in instance order
-    on_pixel = cr._claims_per_pixel(pixel, 300)
-    expected = np.argsort(pixel, kind="stable")
-    expected = expected[on_pixel[pixel[expected]] > 1]
-    assert np.array_equal(cr._contested_order(pixel, on_pixel), expected)
-    single = np.array([4, 7, 9])
-    assert len(cr._contested_order(single, cr._claims_per_pixel(single, 10))) == 0
+def test_up_to_four_claimants_of_a_pixel_are_compared_for_duplicates() -> None:
+    field = _box(4, 14, 4, 14)
+    # five detections of one field, best first: each later one is compared with the three
+    # before it, so all but the best are duplicates
+    chip = resolve_chip(_prediction([field] * 5, [0.9, 0.8, 0.7, 0.6, 0.55]), ALL_VALID)
+    assert len(chip) == 1 and np.allclose(chip.scores, [0.9])
+    # the best last: the first is never compared with it, and the two stay as near ties
+    # (identical masks: the first of them wins every pixel, the other keeps none)
+    chip = resolve_chip(_prediction([field] * 5, [0.8, 0.7, 0.6, 0.55, 0.9]), ALL_VALID)
+    assert len(chip) == 1 and np.allclose(chip.scores, [0.8])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_masks_on_the_gpu_resolve_as_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_masks_on_the_gpu_resolve_as_on_the_cpu() -> None:
     ids = np.zeros((SIZE, SIZE), np.int32)
     ids[0:16, 0:16], ids[0:16, 16:30], ids[18:30, 2:28] = 1, 2, 3
     oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
@@ -221,8 +266,6 @@ def test_masks_on_the_gpu_resolve_as_on_the_cpu(monkeypatch: pytest.MonkeyPatch)
         touches_edge=cpu.touches_edge.cuda(),
     )
     cpu.masks = cpu.masks.half()
-    for share in (1.0, 0.0):  # rows one by one, and one dense pass
-        monkeypatch.setattr(cr, "DENSE_ROW_SHARE", share)
-        a, b = resolve_chip(cpu, ALL_VALID), resolve_chip(gpu, ALL_VALID)
-        for name in ("labels", "probability", "scores", "classes"):
-            assert np.array_equal(getattr(a, name), getattr(b, name))
+    a, b = resolve_chip(cpu, ALL_VALID), resolve_chip(gpu, ALL_VALID)
+    for name in ("labels", "probability", "scores", "classes"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))

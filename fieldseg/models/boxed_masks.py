@@ -138,7 +138,7 @@ class BoxedMasks:
         index = index.to(torch.int64)  # an empty list arrives as floats
         boxes = self.boxes[index.to(self.boxes.device)].reshape(-1, 4)
         if self._crops is None:  # gather the kept crops' values, end to end
-            starts, sizes = self._offsets()
+            starts, sizes = self.offsets()
             chosen = index.numpy()
             kept = sizes[chosen]
             gather = np.repeat(starts[chosen] - (np.cumsum(kept) - kept), kept)
@@ -153,7 +153,7 @@ class BoxedMasks:
             width=self.width,
         )
 
-    def _offsets(self) -> tuple[np.ndarray, np.ndarray]:
+    def offsets(self) -> tuple[np.ndarray, np.ndarray]:
         """Where each crop starts in the flat values, and its size."""
         heights, widths = self._box_shapes()
         sizes = (heights * widths).astype(np.int64)
@@ -164,7 +164,7 @@ class BoxedMasks:
         if self._crops is not None:
             return self._crops[i]
         x0, y0, x1, y1 = self.boxes[i].tolist()
-        start = int(self._offsets()[0][i])
+        start = int(self.offsets()[0][i])
         size = (y1 - y0) * (x1 - x0)
         return self._values[start : start + size].view(y1 - y0, x1 - x0)
 
@@ -214,21 +214,17 @@ class BoxedMasks:
 
     @classmethod
     def from_dense(cls, masks: torch.Tensor) -> BoxedMasks:
-        """The boxed form of a (N, H, W) stack: each box the bounds of its nonzero pixels."""
+        """The boxed form of a (N, H, W) stack: each box the bounds of its nonzero pixels.
+
+        The crops are gathered at once into the flat form, on the stack's device.
+        """
         _, height, width = masks.shape
-        rows = (masks != 0).any(dim=2)
-        cols = (masks != 0).any(dim=1)
-        boxes, crops = [], []
-        for i in range(masks.shape[0]):
-            ys, xs = rows[i].nonzero().flatten(), cols[i].nonzero().flatten()
-            if len(ys) == 0:
-                boxes.append((0, 0, 0, 0))
-                crops.append(masks.new_zeros((0, 0)))
-                continue
-            x0, y0, x1, y1 = int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
-            boxes.append((x0, y0, x1, y1))
-            crops.append(masks[i, y0:y1, x0:x1].clone())  # not views that keep the stack
-        return cls.from_crops(boxes, crops, height, width, masks.device)
+        rows = (masks != 0).any(dim=2).cpu().numpy()
+        cols = (masks != 0).any(dim=1).cpu().numpy()
+        boxes = _nonzero_boxes(rows, cols)
+        where = torch.from_numpy(_box_pixels(boxes, height, width)).to(masks.device)
+        values = masks.reshape(-1)[where]
+        return cls.from_flat(torch.from_numpy(boxes).to(masks.device), values, height, width)
 
     @classmethod
     def from_labels(
@@ -290,3 +286,31 @@ def _crop_values(labels: np.ndarray, source: np.ndarray, boxes: np.ndarray) -> n
             crop_width = boxes[k, 2] - boxes[k, 0]
             flat[start[k] + (y - boxes[k, 1]) * crop_width + x - boxes[k, 0]] = source[y, x]
     return flat
+
+
+@numba.njit(cache=True)
+def _nonzero_boxes(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(N, 4) ``x0, y0, x1, y1`` bounding the True ``rows`` (N, H) and ``cols`` (N, W)."""
+    boxes = np.zeros((rows.shape[0], 4), np.int64)
+    for i in range(rows.shape[0]):
+        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        if len(ys) and len(xs):
+            boxes[i, 0], boxes[i, 1] = xs[0], ys[0]
+            boxes[i, 2], boxes[i, 3] = xs[-1] + 1, ys[-1] + 1
+    return boxes
+
+
+@numba.njit(cache=True)
+def _box_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Where each box's pixels lie in a flattened (N, H, W) stack, box by box, row by row."""
+    total = 0
+    for i in range(boxes.shape[0]):
+        total += (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
+    out = np.empty(total, np.int64)
+    at = 0
+    for i in range(boxes.shape[0]):
+        for y in range(boxes[i, 1], boxes[i, 3]):
+            for x in range(boxes[i, 0], boxes[i, 2]):
+                out[at] = (i * height + y) * width + x
+                at += 1
+    return out

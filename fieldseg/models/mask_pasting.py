@@ -34,7 +34,7 @@ def paste_masks_in_boxes(
     """
     padded, scale = expand_masks(masks, padding=padding)
     pasted_boxes = expand_boxes(boxes, scale).to(torch.int64).tolist()
-    out_boxes, crops = [], []
+    out_boxes, crops = [], []  # the crops end to end: the flat form the stitcher reads
     for mask, (x0, y0, x1, y1) in zip(padded[:, 0], pasted_boxes, strict=True):
         size = (max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))  # box corners are both inside
         resized = F.interpolate(mask[None, None], size=size, mode="bilinear", align_corners=False)
@@ -42,11 +42,12 @@ def paste_masks_in_boxes(
         right, bottom = min(x1 + 1, width), min(y1 + 1, height)
         if right <= left or bottom <= top:  # the box lies outside the image
             out_boxes.append((0, 0, 0, 0))
-            crops.append(masks.new_zeros((0, 0)))
             continue
         out_boxes.append((left, top, right, bottom))
-        crops.append(resized[0, 0, top - y0 : bottom - y0, left - x0 : right - x0])
-    return BoxedMasks.from_crops(out_boxes, crops, height, width, masks.device)
+        crops.append(resized[0, 0, top - y0 : bottom - y0, left - x0 : right - x0].reshape(-1))
+    boxes_tensor = torch.tensor(out_boxes, dtype=torch.int64, device=masks.device).reshape(-1, 4)
+    values = torch.cat(crops) if crops else masks.new_zeros(0)
+    return BoxedMasks.from_flat(boxes_tensor, values, height, width)
 
 
 class BoxedMaskTransform(GeneralizedRCNNTransform):
