@@ -101,19 +101,21 @@ def resolve_chip(
         max_depth: depths inside a mask are told apart up to this many pixels.
     """
     height, width = valid.shape
-    keep = (prediction.scores >= score_threshold).nonzero().flatten()
-    if keep.numel() == 0:
+    # numpy from here on: a torch call may hand the GIL to another chip's thread and wait
+    scores = _array(prediction.scores).astype(np.float32, copy=False)
+    keep = np.flatnonzero(scores >= score_threshold)
+    if len(keep) == 0:
         return empty_chip(height, width)
-    scores = prediction.scores[keep].detach().float().cpu().numpy()
-    classes = prediction.labels[keep].detach().cpu().numpy().astype(np.int64)
+    scores = scores[keep]
+    classes = _array(prediction.labels)[keep].astype(np.int64)
     masks = prediction.masks
     if not isinstance(masks, BoxedMasks):  # only the kept masks are boxed
-        masks = BoxedMasks.from_dense(masks.detach()[keep.to(masks.device)])
-        keep = torch.arange(len(keep))
+        masks = BoxedMasks.from_dense(masks.detach()[torch.from_numpy(keep).to(masks.device)])
+        keep = np.arange(len(keep))
     labels, probability, survivors = _resolve(
-        masks.values.detach().float().cpu().numpy(),
-        masks.boxes.cpu().numpy().astype(np.int64),
-        keep.cpu().numpy(),
+        _array(masks.values).astype(np.float32, copy=False),
+        _array(masks.boxes).astype(np.int64, copy=False),
+        keep,
         np.ascontiguousarray(valid, dtype=np.bool_).ravel(),
         scores, height, width, margin, duplicate_share, min(max(int(max_depth), 1), MAX_DEPTH),
         min_pixels,
@@ -121,9 +123,14 @@ def resolve_chip(
     return ResolvedChip(
         labels=labels.reshape(height, width),
         probability=probability.reshape(height, width),
-        scores=scores[survivors].astype(np.float32),
+        scores=scores[survivors],
         classes=classes[survivors],
     )
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array (a view where it lies on the CPU)."""
+    return tensor.detach().cpu().numpy()
 
 
 # -- compiled kernels ---------------------------------------------------------------------
@@ -172,15 +179,33 @@ def _resolve(
     start = np.zeros(len(boxes) + 1, np.int64)
     for i in range(len(boxes)):
         start[i + 1] = start[i] + (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
-    # claims per pixel, the highest probability there, and each instance's claims
+    # claims per pixel, the highest probability and the strongest claim there, each instance's
+    # claims, and its claims as bits over its crop with a one-pixel ring (see _instance_depths)
     count = np.zeros(n_pixels, np.int32)
     pmax = np.zeros(n_pixels, np.float32)
+    strongest = np.full(n_pixels, -np.inf, np.float64)  # the strongest claim's rank
     own = np.zeros(n, np.int64)
+    bits_at = np.zeros(n + 1, np.int64)
     for k in range(n):
         i = kept[k]
+        words = (boxes[i, 2] - boxes[i, 0] + 2 + 63) // 64
+        bits_at[k + 1] = bits_at[k] + (boxes[i, 3] - boxes[i, 1] + 2) * words
+    claim_bits = np.zeros(bits_at[n], np.uint64)
+    for k in range(n):
+        i = kept[k]
+        x0, y0 = boxes[i, 0], boxes[i, 1]
+        words = (boxes[i, 2] - x0 + 2 + 63) // 64
+        own_here = 0  # counted here, not in the array: no store to wait on
         at = start[i]
-        for y in range(boxes[i, 1], boxes[i, 3]):
-            for x in range(boxes[i, 0], boxes[i, 2]):
+        for y in range(y0, boxes[i, 3]):
+            word = bits_at[k] + (y - y0 + 1) * words
+            bits = np.uint64(0)  # the claims of the word being filled (column 0 is the ring)
+            for x in range(x0, boxes[i, 2]):
+                column = x - x0 + 1
+                if column & 63 == 0:
+                    claim_bits[word] = bits
+                    word += 1
+                    bits = np.uint64(0)
                 v = values[at]
                 at += 1
                 p = y * width + x
@@ -189,52 +214,40 @@ def _resolve(
                         pmax[p] = v
                     if v >= MASK_THRESHOLD:
                         count[p] += 1
-                        own[k] += 1
+                        own_here += 1
+                        strongest[p] = max(strongest[p], _rank(v, scores[k]))
+                        bits |= np.uint64(1) << np.uint64(column & 63)
+            claim_bits[word] = bits
+        own[k] = own_here
     alive = np.ones(n, np.bool_)
     contested = _any_contested(count)
     if contested:
-        duplicate = _duplicates(values, boxes, start, kept, valid, count, own, scores,
-                                width, duplicate_share)  # fmt: skip
+        duplicate = _duplicates(values, boxes, start, kept, valid, own, scores, width,
+                                duplicate_share)  # fmt: skip
         if duplicate.any():
             for k in range(n):
                 if duplicate[k]:
                     alive[k] = False
                     _uncount(values, boxes, start, kept[k], valid, count, width)
             contested = _any_contested(count)
-    # the strongest claim on each contested pixel, and the instances with contested claims
-    strongest = np.full(n_pixels, -np.inf, np.float64)
-    involved = np.zeros(n, np.bool_)
-    if contested:
-        for k in range(n):
-            if not alive[k]:
-                continue
-            i = kept[k]
-            at = start[i]
-            for y in range(boxes[i, 1], boxes[i, 3]):
-                for x in range(boxes[i, 0], boxes[i, 2]):
-                    v = values[at]
-                    at += 1
-                    p = y * width + x
-                    if count[p] > 1 and v >= MASK_THRESHOLD and valid[p]:
-                        involved[k] = True
-                        strongest[p] = max(strongest[p], _rank(v, scores[k]))
+            _strongest_claims(values, boxes, start, kept, alive, valid, scores, width, strongest)
     # each pixel to its claimant: on contested pixels the deepest near tie, then the most
     # probable, then the first instance
     planes = _depth_planes(boxes, kept, max_depth)
+    claimed = _claimed_bitmap(count, height, width)
     labels = np.zeros(n_pixels, np.int32)
     chosen = np.zeros(n_pixels, np.float32)  # the probability of the pixel's instance
     best_depth = np.full(n_pixels, -1, np.int32)
     best_rank = np.full(n_pixels, -np.inf, np.float64)
     near = np.zeros(n, np.int64)  # claims within margin of the strongest on their pixel
+    area = np.zeros(n + 1, np.int64)  # pixels held, by label
     for k in range(n):
         if not alive[k]:
             continue
         i = kept[k]
-        levels = 0
-        if involved[k]:
-            levels = _instance_depths(values, boxes, start, i, valid, count, height, width,
-                                      max_depth, planes)  # fmt: skip
+        levels = -1  # the mask's depths are found at its first contested claim
         words = (boxes[i, 2] - boxes[i, 0] + 2 + 63) // 64
+        near_here = held_here = 0  # counted here, not in the arrays: no store to wait on
         at = start[i]
         for y in range(boxes[i, 1], boxes[i, 3]):
             for x in range(boxes[i, 0], boxes[i, 2]):
@@ -246,12 +259,16 @@ def _resolve(
                 if count[p] == 1:
                     labels[p] = k + 1
                     chosen[p] = v
-                    near[k] += 1
+                    near_here += 1
+                    held_here += 1
                     continue
                 rank = _rank(v, scores[k])
                 if rank < strongest[p] - margin:
                     continue
-                near[k] += 1
+                near_here += 1
+                if levels < 0:
+                    levels = _instance_depths(claim_bits, bits_at[k], claimed, boxes[i], height,
+                                              width, max_depth, planes)  # fmt: skip
                 column = x - boxes[i, 0] + 1
                 word = (y - boxes[i, 1] + 1) * words + (column >> 6)
                 bit = np.uint64(column & 63)
@@ -263,16 +280,17 @@ def _resolve(
                 if depth > best_depth[p] or (depth == best_depth[p] and rank > best_rank[p]):
                     best_depth[p] = depth
                     best_rank[p] = rank
+                    area[labels[p]] -= 1
                     labels[p] = k + 1
                     chosen[p] = v
+                    held_here += 1
+        near[k] = near_here
+        area[k + 1] += held_here
     if contested:  # uncontested, every instance keeps all its claims: none is swallowed
-        _protect_swallowed(values, boxes, start, kept, alive, involved, valid, count, strongest,
-                           scores, near, labels, chosen, height, width, margin, max_depth,
-                           planes)  # fmt: skip
+        _protect_swallowed(values, boxes, start, kept, alive, valid, count, strongest,
+                           scores, near, labels, chosen, area, height, width, margin, max_depth,
+                           planes, claim_bits, bits_at, claimed)  # fmt: skip
     # instances left too small are dropped; the rest are numbered 1.. in order
-    area = np.zeros(n + 1, np.int64)
-    for p in range(n_pixels):
-        area[labels[p]] += 1
     number = np.zeros(n + 1, np.int32)
     survivors = np.empty(n, np.int64)
     n_kept = 0
@@ -281,11 +299,12 @@ def _resolve(
             n_kept += 1
             number[k] = n_kept
             survivors[n_kept - 1] = k - 1
-    probability = np.empty(n_pixels, np.float32)
-    for p in range(n_pixels):
-        labels[p] = number[labels[p]]
-        probability[p] = chosen[p] if labels[p] > 0 else np.float32(1.0) - pmax[p]
-    return labels, probability, survivors[:n_kept]
+    for p in range(n_pixels):  # the probabilities of the pixels' instances become the output
+        label = number[labels[p]]
+        labels[p] = label
+        if label == 0:
+            chosen[p] = np.float32(1.0) - pmax[p]
+    return labels, chosen, survivors[:n_kept]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -324,13 +343,39 @@ def _uncount(
 
 
 @numba.njit(cache=True, nogil=True)
+def _strongest_claims(
+    values: np.ndarray,
+    boxes: np.ndarray,
+    start: np.ndarray,
+    kept: np.ndarray,
+    alive: np.ndarray,
+    valid: np.ndarray,
+    scores: np.ndarray,
+    width: int,
+    strongest: np.ndarray,
+) -> None:
+    """``strongest`` again: the rank of the strongest claim on each pixel, of live instances."""
+    strongest[:] = -np.inf
+    for k in range(len(kept)):
+        if not alive[k]:
+            continue
+        i = kept[k]
+        at = start[i]
+        for y in range(boxes[i, 1], boxes[i, 3]):
+            for x in range(boxes[i, 0], boxes[i, 2]):
+                p = y * width + x
+                if values[at] >= MASK_THRESHOLD and valid[p]:
+                    strongest[p] = max(strongest[p], _rank(values[at], scores[k]))
+                at += 1
+
+
+@numba.njit(cache=True, nogil=True)
 def _duplicates(
     values: np.ndarray,
     boxes: np.ndarray,
     start: np.ndarray,
     kept: np.ndarray,
     valid: np.ndarray,
-    count: np.ndarray,
     own: np.ndarray,
     scores: np.ndarray,
     width: int,
@@ -338,51 +383,47 @@ def _duplicates(
 ) -> np.ndarray:
     """(N,) True for instances whose mask is nearly (IoU > ``share``) a higher-scoring one's.
 
-    Masks meet only on contested pixels. Each contested pixel's claimants are listed in
-    instance order as the instances come, and each new claimant is compared with the (up to
-    three) claimants listed just before it, so up to four claimants of one pixel are compared.
-    The pixels an instance shares with each earlier one are counted in a dense per-instance
-    tally, read and cleared once the instance's crop is done.
+    Two masks can only be that alike where their boxes overlap by more than ``share`` of
+    the union their claims would then make, so the boxes are swept from left to right and
+    only such pairs have their shared claims counted, over the boxes' overlap.
     """
     n = len(kept)
-    n_pixels = len(count)
-    first = np.zeros(n_pixels + 1, np.int64)  # each contested pixel's place in the lists
-    for p in range(n_pixels):
-        first[p + 1] = first[p] + (count[p] if count[p] > 1 else 0)
-    listed = np.empty(first[n_pixels], np.int32)
-    filled = first[:n_pixels].copy()
-    shared = np.zeros(n, np.int64)
-    met = np.empty(n, np.int64)
     duplicate = np.zeros(n, np.bool_)
+    lefts = np.empty(n, np.int64)
     for k in range(n):
-        n_met = 0
-        i = kept[k]
-        at = start[i]
-        for y in range(boxes[i, 1], boxes[i, 3]):
-            for x in range(boxes[i, 0], boxes[i, 2]):
-                v = values[at]
-                at += 1
-                p = y * width + x
-                if count[p] < 2 or v < MASK_THRESHOLD or not valid[p]:
-                    continue
-                place = filled[p]
-                for back in range(1, 4):
-                    if place - back < first[p]:
-                        break
-                    a = listed[place - back]
-                    if shared[a] == 0:
-                        met[n_met] = a
-                        n_met += 1
-                    shared[a] += 1
-                listed[place] = k
-                filled[p] = place + 1
-        for m in range(n_met):
-            a = met[m]
-            common = shared[a]
-            shared[a] = 0
-            weaker = k if scores[a] >= scores[k] else a  # on equal scores, the later one
-            if common > share * (own[a] + own[k] - common):
-                duplicate[weaker] = True
+        lefts[k] = boxes[kept[k], 0]
+    order = np.argsort(lefts)
+    for oa in range(n):
+        a = order[oa]
+        ia = kept[a]
+        for ob in range(oa + 1, n):
+            b = order[ob]
+            ib = kept[b]
+            if boxes[ib, 0] >= boxes[ia, 2]:
+                break  # this box and all after it start right of box a
+            x0, x1 = max(boxes[ia, 0], boxes[ib, 0]), min(boxes[ia, 2], boxes[ib, 2])
+            y0, y1 = max(boxes[ia, 1], boxes[ib, 1]), min(boxes[ia, 3], boxes[ib, 3])
+            if x1 <= x0 or y1 <= y0 or own[a] == 0 or own[b] == 0:
+                continue
+            most = min((x1 - x0) * (y1 - y0), own[a], own[b])
+            if most <= share * (own[a] + own[b] - most):
+                continue
+            width_a, width_b = boxes[ia, 2] - boxes[ia, 0], boxes[ib, 2] - boxes[ib, 0]
+            common = 0
+            for y in range(y0, y1):
+                at_a = start[ia] + (y - boxes[ia, 1]) * width_a - boxes[ia, 0]
+                at_b = start[ib] + (y - boxes[ib, 1]) * width_b - boxes[ib, 0]
+                for x in range(x0, x1):
+                    if (
+                        values[at_a + x] >= MASK_THRESHOLD
+                        and values[at_b + x] >= MASK_THRESHOLD
+                        and valid[y * width + x]
+                    ):
+                        common += 1
+            if common > share * (own[a] + own[b] - common):
+                first, later = min(a, b), max(a, b)
+                # on equal scores, the later instance is the weaker
+                duplicate[later if scores[first] >= scores[later] else first] = True
     return duplicate
 
 
@@ -398,18 +439,16 @@ def _depth_planes(boxes: np.ndarray, kept: np.ndarray, cap: int) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _instance_depths(
-    values: np.ndarray,
-    boxes: np.ndarray,
-    start: np.ndarray,
-    i: int,
-    valid: np.ndarray,
-    count: np.ndarray,
+    claim_bits: np.ndarray,
+    bits_at: int,
+    claimed: np.ndarray,
+    box: np.ndarray,
     height: int,
     width: int,
     cap: int,
     planes: np.ndarray,
 ) -> int:
-    """The levels of mask ``i``'s claims inside it, counted from where another claim takes over.
+    """The levels of one mask's claims inside it, counted from where another claim takes over.
 
     A claim's depth is the number of 8-connected steps, inside the mask, to the nearest pixel
     outside it that another instance claims, capped (a pixel beside such a pixel has depth 1).
@@ -417,38 +456,36 @@ def _instance_depths(
     never into background, so only edges against other claims tell how far a pixel lies from
     the place where one field turns into the next.
 
-    The crop with a one-pixel ring is held as bit planes, one bit a pixel (row by row, each
-    row in whole 64-bit words): ``planes[0]`` the mask, ``planes[1]`` the other instances'
-    claims, ``planes[1 + level]`` the claims at that depth, found level by level as the mask's
-    own pixels beside the level before (a breadth-first search, 64 pixels a step). A claim's
-    depth is the first level whose plane holds it, else the cap.
+    The crop (``box``) with a one-pixel ring is held as bit planes, one bit a pixel (row by
+    row, each row in whole 64-bit words, as the mask's claims lie in ``claim_bits`` from
+    ``bits_at``): ``planes[0]`` the mask, ``planes[1]`` the other instances' claims (the
+    chip's ``claimed`` bitmap, ``_claimed_bitmap``, less the mask), ``planes[1 + level]`` the
+    claims at that depth, found level by level as the mask's own pixels beside the level
+    before (a breadth-first search, 64 pixels a step). A claim's depth is the first level
+    whose plane holds it, else the cap.
 
     Returns:
         How many levels were found (the deeper planes are stale).
     """
-    x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+    x0, y0, x1, y1 = box[0], box[1], box[2], box[3]
     words = (x1 - x0 + 2 + 63) // 64
     rows = y1 - y0 + 2
-    mask, other = planes[0], planes[1]
-    mask[: rows * words] = 0
-    other[: rows * words] = 0
+    chip_words = (width + 63) // 64
     for row in range(rows):
         y = y0 - 1 + row
-        if y < 0 or y >= height:
-            continue
-        inner = 0 < row < rows - 1
-        at = start[i] + (row - 1) * (x1 - x0)
-        for column in range(x1 - x0 + 2):
-            x = x0 - 1 + column
-            if x < 0 or x >= width:
-                continue
-            p = y * width + x
-            word = row * words + (column >> 6)
-            bit = np.uint64(1) << np.uint64(column & 63)
-            if inner and x0 <= x < x1 and values[at + x - x0] >= MASK_THRESHOLD and valid[p]:
-                mask[word] |= bit
-            elif count[p] > 0:
-                other[word] |= bit
+        for w in range(words):
+            word = row * words + w
+            mask = claim_bits[bits_at + word]
+            planes[0, word] = mask
+            other = np.uint64(0)
+            if 0 <= y < height:  # the chip's claims from x0 - 1 + 64 w on, 64 of them
+                first = x0 - 1 + 64 * w
+                at, shift = first >> 6, np.uint64(first & 63)
+                if 0 <= at < chip_words:
+                    other = claimed[y * chip_words + at] >> shift
+                if shift and 0 <= at + 1 < chip_words:
+                    other |= claimed[y * chip_words + at + 1] << (np.uint64(64) - shift)
+            planes[1, word] = other & ~mask
     if cap < 2:
         return 0
     level = 1
@@ -456,6 +493,18 @@ def _instance_depths(
     while level + 1 < cap and _grow(planes, level + 1, level + 2, rows, words, False):
         level += 1
     return level
+
+
+@numba.njit(cache=True, nogil=True)
+def _claimed_bitmap(count: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The pixels anyone claims, one bit each, row by row in whole 64-bit words."""
+    chip_words = (width + 63) // 64
+    claimed = np.zeros(height * chip_words, np.uint64)
+    for y in range(height):
+        for x in range(width):
+            if count[y * width + x] > 0:
+                claimed[y * chip_words + (x >> 6)] |= np.uint64(1) << np.uint64(x & 63)
+    return claimed
 
 
 @numba.njit(cache=True, nogil=True)
@@ -498,7 +547,6 @@ def _protect_swallowed(
     start: np.ndarray,
     kept: np.ndarray,
     alive: np.ndarray,
-    involved: np.ndarray,
     valid: np.ndarray,
     count: np.ndarray,
     strongest: np.ndarray,
@@ -506,11 +554,15 @@ def _protect_swallowed(
     near: np.ndarray,
     labels: np.ndarray,
     chosen: np.ndarray,
+    area: np.ndarray,
     height: int,
     width: int,
     margin: float,
     cap: int,
     planes: np.ndarray,
+    claim_bits: np.ndarray,
+    bits_at: np.ndarray,
+    claimed: np.ndarray,
 ) -> None:
     """Give an instance left with almost none of its mask its innermost pixels back.
 
@@ -522,18 +574,15 @@ def _protect_swallowed(
     claims count: a clearly beaten claim is no sign of being swallowed.
     """
     n = len(kept)
-    held = np.zeros(n + 1, np.int64)
-    for label in labels:
-        held[label] += 1
+    held = area.copy()  # before any is given back
     for k in range(n):
         if not alive[k] or near[k] == 0 or held[k + 1] >= SWALLOWED_SHARE * near[k]:
             continue
         i = kept[k]
         words = (boxes[i, 2] - boxes[i, 0] + 2 + 63) // 64
-        levels = 0
-        if involved[k]:
-            levels = _instance_depths(values, boxes, start, i, valid, count, height, width, cap,
-                                      planes)  # fmt: skip
+        # (a swallowed instance has contested claims: one without keeps all its pixels)
+        levels = _instance_depths(claim_bits, bits_at[k], claimed, boxes[i], height, width, cap,
+                                  planes)  # fmt: skip
         # the deepest level and the one above it, but never shallower than 3 pixels: a 1 px
         # strip lies at depth 3 between two neighbours' 2 px leaks, and takes only that
         deepest = 0
@@ -559,5 +608,7 @@ def _protect_swallowed(
                     if step == 0:
                         deepest = max(deepest, depth)
                     elif depth >= max(deepest - 1, min(deepest, 3)):
+                        area[labels[p]] -= 1
+                        area[k + 1] += 1
                         labels[p] = k + 1
                         chosen[p] = v

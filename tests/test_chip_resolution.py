@@ -141,24 +141,26 @@ def _reference_depths(masks: np.ndarray, cap: int) -> np.ndarray:
 def _kernel_depths(masks: BoxedMasks, valid: np.ndarray, cap: int) -> np.ndarray:
     """(N, H, W) depths as the kernel finds them: each mask's bit planes, read back."""
     height, width = valid.shape
-    values = masks.values.numpy()
     boxes = masks.boxes.numpy().astype(np.int64)
-    start = np.r_[0, np.cumsum(masks.offsets()[1])]
-    claims = masks.dense().numpy() >= 0.5
+    claims = (masks.dense().numpy() >= 0.5) & valid
     count = claims.sum(axis=0).astype(np.int32).ravel()
-    kept = np.arange(len(boxes))
-    planes = cr._depth_planes(boxes, kept, cap)
+    claimed = cr._claimed_bitmap(count, height, width)
+    planes = cr._depth_planes(boxes, np.arange(len(boxes)), cap)
     out = np.full((len(boxes), height, width), cap, np.int64)
-    for i, (x0, y0, _, _) in enumerate(boxes.tolist()):
-        levels = cr._instance_depths(
-            values, boxes, start, i, valid.ravel(), count, height, width, cap, planes
-        )
-        words = (boxes[i, 2] - x0 + 2 + 63) // 64
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        words = (x1 - x0 + 2 + 63) // 64
+        bits = [0] * ((y1 - y0 + 2) * words)  # the claims over the ringed crop, as in pass A
         for y, x in zip(*np.nonzero(claims[i]), strict=True):
-            column = x - x0 + 1
-            word = (y - y0 + 1) * words + column // 64
+            column = int(x) - x0 + 1
+            bits[(int(y) - y0 + 1) * words + column // 64] |= 1 << (column % 64)
+        levels = cr._instance_depths(
+            np.array(bits, np.uint64), 0, claimed, boxes[i], height, width, cap, planes
+        )
+        for y, x in zip(*np.nonzero(claims[i]), strict=True):
+            column = int(x) - x0 + 1
+            word = (int(y) - y0 + 1) * words + column // 64
             for level in range(1, levels + 1):
-                if int(planes[level + 1, word]) >> int(column % 64) & 1:
+                if int(planes[level + 1, word]) >> (column % 64) & 1:
                     out[i, y, x] = level
                     break
     return out
@@ -239,16 +241,18 @@ def test_dense_stacks_crops_and_flat_masks_resolve_alike() -> None:
         assert np.array_equal(getattr(boxed, name), getattr(dense, name))
 
 
-def test_up_to_four_claimants_of_a_pixel_are_compared_for_duplicates() -> None:
+def test_every_pair_of_detections_of_one_field_is_compared() -> None:
     field = _box(4, 14, 4, 14)
-    # five detections of one field, best first: each later one is compared with the three
-    # before it, so all but the best are duplicates
-    chip = resolve_chip(_prediction([field] * 5, [0.9, 0.8, 0.7, 0.6, 0.55]), ALL_VALID)
-    assert len(chip) == 1 and np.allclose(chip.scores, [0.9])
-    # the best last: the first is never compared with it, and the two stay as near ties
-    # (identical masks: the first of them wins every pixel, the other keeps none)
-    chip = resolve_chip(_prediction([field] * 5, [0.8, 0.7, 0.6, 0.55, 0.9]), ALL_VALID)
-    assert len(chip) == 1 and np.allclose(chip.scores, [0.8])
+    for scores in ([0.9, 0.8, 0.7, 0.6, 0.55], [0.8, 0.7, 0.6, 0.55, 0.9]):
+        # five detections of one field (five claimants of each pixel): only the best stays
+        chip = resolve_chip(_prediction([field] * 5, scores), ALL_VALID)
+        assert len(chip) == 1 and np.allclose(chip.scores, [0.9])
+    # a mask covering 0.85 of another is a duplicate (IoU 0.85 > 0.8), one covering 0.75 is
+    # not: equally sure of its pixels, it keeps its innermost ones
+    big, inner = _box(4, 24, 4, 24), _box(4, 24, 4, 21)
+    assert len(resolve_chip(_prediction([big, inner], [0.9, 0.8]), ALL_VALID)) == 1
+    inner = _box(4, 24, 4, 19)
+    assert len(resolve_chip(_prediction([big, inner], [0.9, 0.8]), ALL_VALID)) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
