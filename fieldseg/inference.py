@@ -71,6 +71,8 @@ SCALE_RATIO = 50.0
 PIXEL_SIZE_RATIO = 1.2
 #: Fewer valid pixels than this (a 32 x 32 px area) are too few to judge a band's spread by.
 SCALE_MIN_PIXELS = 1024
+#: Chips' predictions are held until this many (or the row's end) are resolved at once.
+RESOLVE_GROUP = 16
 
 
 @dataclass
@@ -375,29 +377,36 @@ def _run_row(
 ) -> int:
     """Predict, resolve and stitch one row of chips (in column order); return chips skipped.
 
-    With a ``pool``, the chips of a model batch are resolved on its threads.
+    With a ``pool``, the chips are resolved on its threads, ``RESOLVE_GROUP`` or more (the
+    model batches that hold them) at a time.
     """
     with_data = [i for i, (_, _, valid) in enumerate(chips) if valid.any()]
     if isinstance(stitcher, DenseBlender):
         _blend_row(net, chips, with_data, row, stitcher, device, batch_size, timings)
         return len(chips) - len(with_data)
     resolved: dict[int, object] = {}
+    pending: list[tuple[int, ChipPrediction]] = []
+
+    def resolve(item: tuple[int, ChipPrediction]) -> ResolvedChip:
+        i, prediction = item
+        return resolve_chip(prediction, chips[i][2], score_threshold=score_threshold)
+
     for start in range(0, len(with_data), batch_size):
         batch = with_data[start : start + batch_size]
         tick = time.perf_counter()
         images = [_to_device(chips[i][1], device) for i in batch]
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            predictions = net.predict(images)
+            pending.extend(zip(batch, net.predict(images), strict=True))
         timings["model"] += time.perf_counter() - tick
+        if len(pending) < RESOLVE_GROUP and start + batch_size < len(with_data):
+            continue
         tick = time.perf_counter()
-
-        def resolve(i: int, prediction: ChipPrediction) -> ResolvedChip:
-            return resolve_chip(prediction, chips[i][2], score_threshold=score_threshold)
-
         # chips are resolved independently: on a pool of threads (the rule's compiled loops
-        # let go of the GIL), in the same order and with the same results as one by one
-        done = pool.map(resolve, batch, predictions) if pool else map(resolve, batch, predictions)
-        resolved.update(zip(batch, done, strict=True))
+        # let go of the GIL), in the same order and with the same results as one by one; in
+        # groups, as handing work to threads and waking them costs about a millisecond
+        done = pool.map(resolve, pending) if pool else map(resolve, pending)
+        resolved.update(zip((i for i, _ in pending), done, strict=True))
+        pending.clear()
         timings["resolve"] += time.perf_counter() - tick
     tick = time.perf_counter()
     for i, (col, image, valid) in enumerate(chips):
