@@ -21,9 +21,10 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -41,6 +42,7 @@ from fieldseg.errors import ConfigError, InputFileError, first_line
 from fieldseg.field_output import FieldWriter
 from fieldseg.field_polygons import FieldTracer
 from fieldseg.models.base import ChipPrediction, FieldModel
+from fieldseg.models.boxed_masks import BoxedMasks
 from fieldseg.probability_rasters import ProbabilityRasterWriter, check_raster_outputs
 from fieldseg.progress import progress, progress_shown
 from fieldseg.raster_io import (
@@ -54,8 +56,11 @@ from fieldseg.raster_io import (
     strip_block_cache,
 )
 from fieldseg.rasterization import rasterize_mask
-from fieldseg.stitching import FieldBatch, SceneStitcher
+from fieldseg.stitching import SceneStitcher
 from fieldseg.vector_io import check_vector_format, could_be_lon_lat, read_area_of_interest
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +76,6 @@ SCALE_RATIO = 50.0
 PIXEL_SIZE_RATIO = 1.2
 #: Fewer valid pixels than this (a 32 x 32 px area) are too few to judge a band's spread by.
 SCALE_MIN_PIXELS = 1024
-#: Chips' predictions are held until this many (or the row's end) are resolved at once.
-RESOLVE_GROUP = 16
 
 
 @dataclass
@@ -287,6 +290,7 @@ def predict_scene(
             pixel_m=math.sqrt(pixel_m2),
         )
         n_skipped = valid_pixels = 0
+        above: _ChipRow | None = None  # the row of chips last predicted
         with progress_shown(show_progress):  # read when the bar is made
             bar = progress(range(len(rows) * len(cols)), desc="predict", unit="chip")
         cores = usable_cores()
@@ -323,16 +327,34 @@ def predict_scene(
                     # every model treats as missing, whatever nodata value it was trained with
                     image = np.where(valid, image, np.float32(np.nan)).astype(np.float32)
                     chips.append((col, image, valid))
-                n_skipped += _run_row(net, chips, row, stitcher, chosen, batch_size,
-                                      score_threshold, timings, pool)  # fmt: skip
+                if isinstance(stitcher, DenseBlender):
+                    with_data = [i for i, (_, _, valid) in enumerate(chips) if valid.any()]
+                    _blend_row(net, chips, with_data, row, stitcher, chosen, batch_size, timings)
+                    n_skipped += len(chips) - len(with_data)
+                    below = None if last else rows[index + 1]
+                    frame = _close_rows(stitcher, below, tracer, timings)
+                else:
+                    # this row's chips are resolved on the pool's threads while the row above
+                    # is stitched and traced
+                    chip_row = _predict_row(net, chips, row, chosen, batch_size,
+                                            score_threshold, timings, pool)  # fmt: skip
+                    n_skipped += chip_row.skipped
+                    frame = None
+                    if above is not None:
+                        above.add_to(stitcher, timings)
+                        frame = _close_rows(stitcher, row, tracer, timings)
+                    chip_row.wait(timings)
+                    if last:
+                        if frame is not None:
+                            _write_frame(frame, writer, timings)
+                        chip_row.add_to(stitcher, timings)
+                        frame = _close_rows(stitcher, None, tracer, timings)
+                    above = chip_row
                 bar.update(len(cols))
+                if frame is not None:
+                    _write_frame(frame, writer, timings)
                 bar.set_postfix(km2=f"{valid_pixels * pixel_m2 / 1e6:.1f}",
                                 fields=writer.n_fields)  # fmt: skip
-                tick = time.perf_counter()
-                batch = stitcher.finish() if last else stitcher.close_rows(rows[index + 1])
-                timings["stitch"] += time.perf_counter() - tick
-                if batch is not None:
-                    _write_batch(batch, writer, tracer, timings)
             tick = time.perf_counter()
             held = tracer.finish()
             timings["trace"] += time.perf_counter() - tick
@@ -364,58 +386,83 @@ def predict_scene(
     )
 
 
-def _run_row(
+@dataclass
+class _ChipRow:
+    """One row of chips, its instances resolved or being resolved on the pool's threads."""
+
+    row: int
+    chips: list[tuple[int, np.ndarray, np.ndarray]]
+    resolved: dict[int, ResolvedChip | Future[ResolvedChip]]
+    skipped: int
+
+    def wait(self, timings: dict[str, float]) -> None:
+        """Wait for every chip's resolution (the time waited counts as ``resolve``)."""
+        tick = time.perf_counter()
+        for i, chip in self.resolved.items():
+            if isinstance(chip, Future):
+                self.resolved[i] = chip.result()
+        timings["resolve"] += time.perf_counter() - tick
+
+    def add_to(self, stitcher: SceneStitcher, timings: dict[str, float]) -> None:
+        """Add the row's resolved chips to the stitcher, in column order."""
+        tick = time.perf_counter()
+        for i, (col, image, valid) in enumerate(self.chips):
+            chip = self.resolved.get(i)
+            if chip is None:  # no data: nothing to find
+                chip = empty_chip(*image.shape[1:])
+            stitcher.add_chip(self.row, col, chip, valid)  # type: ignore[arg-type]
+        timings["stitch"] += time.perf_counter() - tick
+
+
+def _predict_row(
     net: FieldModel,
     chips: list[tuple[int, np.ndarray, np.ndarray]],
     row: int,
-    stitcher: SceneStitcher | DenseBlender,
     device: torch.device,
     batch_size: int,
     score_threshold: float,
     timings: dict[str, float],
     pool: ThreadPoolExecutor | None = None,
-) -> int:
-    """Predict, resolve and stitch one row of chips (in column order); return chips skipped.
+) -> _ChipRow:
+    """Predict one row of chips (the ones holding data) and start resolving their instances.
 
-    With a ``pool``, the chips are resolved on its threads, ``RESOLVE_GROUP`` or more (the
-    model batches that hold them) at a time.
+    Chips are resolved independently, on a ``pool``'s threads where there is one (the rule's
+    compiled loops let go of the GIL), with the same results as one by one. On a GPU each
+    batch's chips are handed to the threads at once, to be resolved while the GPU works on
+    the next batch; on the CPU, where the model uses every core itself, only once the row's
+    model work is done. Dense (N, H, W) masks are boxed first, so a row of them is small.
     """
     with_data = [i for i, (_, _, valid) in enumerate(chips) if valid.any()]
-    if isinstance(stitcher, DenseBlender):
-        _blend_row(net, chips, with_data, row, stitcher, device, batch_size, timings)
-        return len(chips) - len(with_data)
-    resolved: dict[int, object] = {}
-    pending: list[tuple[int, ChipPrediction]] = []
+    resolved: dict[int, ResolvedChip | Future[ResolvedChip]] = {}
+    waiting: list[tuple[int, ChipPrediction]] = []
 
-    def resolve(item: tuple[int, ChipPrediction]) -> ResolvedChip:
-        i, prediction = item
+    def resolve(i: int, prediction: ChipPrediction) -> ResolvedChip:
         return resolve_chip(prediction, chips[i][2], score_threshold=score_threshold)
+
+    def hand_over() -> None:
+        tick = time.perf_counter()
+        for i, prediction in waiting:
+            resolved[i] = pool.submit(resolve, i, prediction) if pool else resolve(i, prediction)
+        waiting.clear()
+        timings["resolve"] += time.perf_counter() - tick
 
     for start in range(0, len(with_data), batch_size):
         batch = with_data[start : start + batch_size]
         tick = time.perf_counter()
         images = [_to_device(chips[i][1], device) for i in batch]
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            pending.extend(zip(batch, net.predict(images), strict=True))
+            predictions = net.predict(images)
         timings["model"] += time.perf_counter() - tick
-        if len(pending) < RESOLVE_GROUP and start + batch_size < len(with_data):
-            continue
         tick = time.perf_counter()
-        # chips are resolved independently: on a pool of threads (the rule's compiled loops
-        # let go of the GIL), in the same order and with the same results as one by one; in
-        # groups, as handing work to threads and waking them costs about a millisecond
-        done = pool.map(resolve, pending) if pool else map(resolve, pending)
-        resolved.update(zip((i for i, _ in pending), done, strict=True))
-        pending.clear()
+        for prediction in predictions:
+            if not isinstance(prediction.masks, BoxedMasks):
+                prediction.masks = BoxedMasks.from_dense(prediction.masks.detach())
         timings["resolve"] += time.perf_counter() - tick
-    tick = time.perf_counter()
-    for i, (col, image, valid) in enumerate(chips):
-        chip = resolved.get(i)
-        if chip is None:  # no data: nothing to find
-            chip = empty_chip(*image.shape[1:])
-        stitcher.add_chip(row, col, chip, valid)  # type: ignore[arg-type]
-    timings["stitch"] += time.perf_counter() - tick
-    return len(chips) - len(with_data)
+        waiting.extend(zip(batch, predictions, strict=True))
+        if device.type == "cuda":
+            hand_over()
+    hand_over()
+    return _ChipRow(row, chips, resolved, len(chips) - len(with_data))
 
 
 def _blend_row(
@@ -466,12 +513,25 @@ def _pad(array: np.ndarray, size: int, fill: float | bool | None) -> np.ndarray:
     return out
 
 
-def _write_batch(
-    batch: FieldBatch, writer: FieldWriter, tracer: FieldTracer, timings: dict[str, float]
-) -> None:
+def _close_rows(
+    stitcher: SceneStitcher | DenseBlender,
+    below: int | None,
+    tracer: FieldTracer,
+    timings: dict[str, float],
+) -> gpd.GeoDataFrame | None:
+    """Finish the fields above scene row ``below`` (None: all that are left) and trace them."""
+    tick = time.perf_counter()
+    batch = stitcher.finish() if below is None else stitcher.close_rows(below)
+    timings["stitch"] += time.perf_counter() - tick
+    if batch is None:
+        return None
     tick = time.perf_counter()
     frame = tracer.trace(batch)
     timings["trace"] += time.perf_counter() - tick
+    return frame
+
+
+def _write_frame(frame: gpd.GeoDataFrame, writer: FieldWriter, timings: dict[str, float]) -> None:
     tick = time.perf_counter()
     writer.write(frame)
     timings["write"] += time.perf_counter() - tick
