@@ -16,7 +16,9 @@ definition of F1, split and merged fields); overlapping output pairs are counted
 the output is a valid (noded) coverage is checked.
 fieldseg's stitching time (resolve + stitch + trace) is also compared with one bare
 ``rasterio.features.shapes`` pass over the truth id raster (target: at most 2x; the bare pass is
-timed three times and the fastest kept). The oracle's own time, the truth rasterising and the
+timed three times and the fastest kept). Predict resolves a row's chips on threads while the
+row above is stitched and traced, never while the model runs, so ``resolve`` is the time it
+waits for them on top of that. The oracle's own time, the truth rasterising and the
 file writing are reported apart, and so is a first predict over 2 x 2 chips that loads what a
 process loads once (fieldseg's compiled kernels, torch's first calls). ``predict_scene``
 runs in a fresh child process, so its peak RSS (``<mode>_fieldseg_process``) is the whole

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from pyproj import CRS
 from rasterio import features
 
+from fieldseg import inference
 from fieldseg.atomic_output import OutputPathError
 from fieldseg.chip_grid import chip_starts
 from fieldseg.chip_resolution import resolve_chip
@@ -81,6 +82,22 @@ def test_noisy_oracle_meets_the_targets(scene: OracleScene, tmp_path: Path) -> N
     assert len(matches.merged_truth) <= 0.01 * len(truth)
     assert overlapping_pairs(fields) == 0 and fields.geometry.is_valid.all()
     assert fields["score"].between(0.5, 1.0).all()
+
+
+def test_chips_resolved_on_threads_give_what_one_core_gives(
+    scene: OracleScene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row's chips resolve on threads while the row above is stitched: same fields."""
+    frames = []
+    for cores in (1, 3):
+        monkeypatch.setattr(inference, "usable_cores", lambda cores=cores: cores)
+        fields = _predict(scene, tmp_path / f"fields_{cores}.gpkg", chip_size=64, overlap=16,
+                          model=OracleFieldModel(noisy=True, seed=1))  # fmt: skip
+        frames.append(fields.sort_values("field_id").reset_index(drop=True))
+    one, many = frames
+    assert len(one) > 50
+    pd.testing.assert_frame_equal(one.drop(columns="geometry"), many.drop(columns="geometry"))
+    assert one.geometry.geom_equals_exact(many.geometry, tolerance=0).all()
 
 
 def test_outputs_in_every_format_hold_the_same_fields(scene: OracleScene, tmp_path: Path) -> None:
