@@ -330,7 +330,7 @@ def _walked(polygons: np.ndarray, others: np.ndarray) -> np.ndarray:
     return _closed_polygons(kind, kept, kept_per_ring, polygon_offsets)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _walk_edges(
     points: np.ndarray,
     ring_offsets: np.ndarray,
@@ -379,7 +379,7 @@ def _walk_edges(
     return out[:n], per_ring
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _grown_rows(array: np.ndarray) -> np.ndarray:
     out = np.empty((2 * array.shape[0], array.shape[1]), array.dtype)
     out[: array.shape[0]] = array

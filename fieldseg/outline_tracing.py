@@ -77,7 +77,7 @@ def trace_outlines(
     return polygons, region_value.astype(labels.dtype)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _walk(
     labels: np.ndarray, traced: np.ndarray, height: int, width: int, nodes: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
@@ -159,7 +159,7 @@ def _walk(
     return corners[:n_corners], ring_ends[:n_rings], ring_region[:n_rings], n_regions, region_value
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _regions(
     labels: np.ndarray, traced: np.ndarray, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +213,7 @@ def _regions(
     return region, values
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def find_root(parent: np.ndarray, x: int) -> int:
     """The root of ``x`` in the union-find forest ``parent`` (halving the path walked)."""
     while parent[x] != x:
@@ -222,7 +222,7 @@ def find_root(parent: np.ndarray, x: int) -> int:
     return x
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _grown(array: np.ndarray) -> np.ndarray:
     out = np.empty(2 * len(array), array.dtype)
     out[: len(array)] = array

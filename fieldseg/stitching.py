@@ -379,7 +379,7 @@ class SceneStitcher:
 # -- compiled kernels ---------------------------------------------------------------------
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _row_span(local: np.ndarray, row: int, min_row: np.ndarray, max_row: np.ndarray) -> None:
     """First and last scene row of each instance of a chip (``min_row[k]`` for number k).
 
@@ -397,7 +397,7 @@ def _row_span(local: np.ndarray, row: int, min_row: np.ndarray, max_row: np.ndar
                 max_row[k] = row + r
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _agreeing_pairs(
     la: np.ndarray, lb: np.ndarray, size_a: int, size_b: int, link_iou: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -454,7 +454,7 @@ def _agreeing_pairs(
     return xs, ys
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _join_pairs(
     parent: np.ndarray,
     chip: np.ndarray,
@@ -489,7 +489,7 @@ def _join_pairs(
         last_member[root] = last_member[child]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _paint_votes(
     owner: np.ndarray,
     votes: np.ndarray,
@@ -517,7 +517,7 @@ def _paint_votes(
                 area_valid[r, c] = False
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _pixel_counts(owner: np.ndarray, size: int) -> np.ndarray:
     """(size,) pixels owned by each instance id."""
     counts = np.zeros(size, np.int64)
@@ -527,7 +527,7 @@ def _pixel_counts(owner: np.ndarray, size: int) -> np.ndarray:
     return counts
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _field_labels(
     owner: np.ndarray,
     valid: np.ndarray,
@@ -568,7 +568,7 @@ def _field_labels(
     return labels, touches
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _on_edges(
     local: np.ndarray, size: int, top: bool, bottom: bool, left: bool, right: bool
 ) -> np.ndarray:

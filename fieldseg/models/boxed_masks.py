@@ -250,7 +250,7 @@ class BoxedMasks:
         return cls.from_flat(torch.from_numpy(boxes), torch.from_numpy(flat), height, width)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _label_boxes(labels: np.ndarray, count: int) -> np.ndarray:
     """(count, 4) ``x0, y0, x1, y1`` of the pixels of labels 1..count (zeros: no pixel)."""
     boxes = np.zeros((count, 4), np.int64)
@@ -270,7 +270,7 @@ def _label_boxes(labels: np.ndarray, count: int) -> np.ndarray:
     return boxes
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _crop_values(labels: np.ndarray, source: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Each label's crop of ``source`` (zero off the label), end to end, row by row."""
     count = boxes.shape[0]
@@ -288,7 +288,7 @@ def _crop_values(labels: np.ndarray, source: np.ndarray, boxes: np.ndarray) -> n
     return flat
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _nonzero_boxes(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """(N, 4) ``x0, y0, x1, y1`` bounding the True ``rows`` (N, H) and ``cols`` (N, W)."""
     boxes = np.zeros((rows.shape[0], 4), np.int64)
@@ -300,7 +300,7 @@ def _nonzero_boxes(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return boxes
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _box_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Where each box's pixels lie in a flattened (N, H, W) stack, box by box, row by row."""
     total = 0
