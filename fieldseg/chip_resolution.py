@@ -87,8 +87,8 @@ def resolve_chip(
     Works mask by mask inside each mask's box (:class:`BoxedMasks`; a dense (N, H, W) stack
     is boxed first): a chip holds hundreds of small masks, each zero almost everywhere. Only
     pixels claimed by two or more instances need the rule's comparisons; the rest go to their
-    one claimant. The whole rule is one compiled pass over the crops (numba) that lets go of
-    the GIL, so chips resolve in parallel on threads.
+    one claimant. The whole rule is one compiled call (numba, a few passes over the crops) that
+    lets go of the GIL, so chips resolve in parallel on threads.
 
     Args:
         prediction: the model's instances for the chip.
@@ -98,10 +98,11 @@ def resolve_chip(
         margin: probabilities within this of the highest at a pixel are near-ties.
         duplicate_share: an instance whose mask has an IoU above this with a higher-scoring
             instance's mask is a duplicate and dropped.
-        max_depth: depths inside a mask are told apart up to this many pixels.
+        max_depth: depths inside a mask are told apart up to this many pixels (1 to
+            ``MAX_DEPTH``; values outside are clipped).
     """
     height, width = valid.shape
-    # numpy from here on: a torch call may hand the GIL to another chip's thread and wait
+    # few torch calls: each may hand the GIL to another chip's thread and wait for it back
     scores = _array(prediction.scores).astype(np.float32, copy=False)
     keep = np.flatnonzero(scores >= score_threshold)
     if len(keep) == 0:
@@ -129,15 +130,18 @@ def resolve_chip(
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor's values as a numpy array (a view where it lies on the CPU)."""
-    return tensor.detach().cpu().numpy()
+    """A tensor's values as a numpy array (a view where it lies on the CPU as float32 or int)."""
+    tensor = tensor.detach()
+    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+        tensor = tensor.float()  # half and bfloat16 have no numpy type of their own
+    return tensor.cpu().numpy()
 
 
 # -- compiled kernels ---------------------------------------------------------------------
 #
-# Every kernel walks the kept masks' crops in order (instance by instance, each crop row by
-# row), so a mask's claims come in the order the rule breaks ties in: by instance, then pixel.
-# A claim is a crop value of at least MASK_THRESHOLD on a valid pixel.
+# The passes of _resolve walk the kept masks' crops in order (instance by instance, each crop
+# row by row), so a mask's claims come in the order the rule breaks ties in: by instance, then
+# pixel. A claim is a crop value of at least MASK_THRESHOLD on a valid pixel (never NaN).
 
 
 @numba.njit(cache=True, nogil=True)
@@ -254,7 +258,7 @@ def _resolve(
                 v = values[at]
                 at += 1
                 p = y * width + x
-                if v < MASK_THRESHOLD or not valid[p]:
+                if not v >= MASK_THRESHOLD or not valid[p]:  # (NaN claims nothing)
                     continue
                 if count[p] == 1:
                     labels[p] = k + 1
@@ -593,7 +597,7 @@ def _protect_swallowed(
                     v = values[at]
                     at += 1
                     p = y * width + x
-                    if v < MASK_THRESHOLD or not valid[p]:
+                    if not v >= MASK_THRESHOLD or not valid[p]:  # (NaN claims nothing)
                         continue
                     if count[p] > 1 and _rank(v, scores[k]) < strongest[p] - margin:
                         continue  # not a near tie

@@ -343,7 +343,7 @@ def predict_scene(
                     if above is not None:
                         above.add_to(stitcher, timings)
                         frame = _close_rows(stitcher, row, tracer, timings)
-                    chip_row.wait(timings)
+                    chip_row.wait(timings)  # before writing: file writing is timed apart
                     if last:
                         if frame is not None:
                             _write_frame(frame, writer, timings)
@@ -391,7 +391,7 @@ class _ChipRow:
     """One row of chips, its instances resolved or being resolved on the pool's threads."""
 
     row: int
-    chips: list[tuple[int, np.ndarray, np.ndarray]]
+    chips: list[tuple[int, np.ndarray]]  # each chip's column and valid mask
     resolved: dict[int, ResolvedChip | Future[ResolvedChip]]
     skipped: int
 
@@ -406,10 +406,10 @@ class _ChipRow:
     def add_to(self, stitcher: SceneStitcher, timings: dict[str, float]) -> None:
         """Add the row's resolved chips to the stitcher, in column order."""
         tick = time.perf_counter()
-        for i, (col, image, valid) in enumerate(self.chips):
+        for i, (col, valid) in enumerate(self.chips):
             chip = self.resolved.get(i)
             if chip is None:  # no data: nothing to find
-                chip = empty_chip(*image.shape[1:])
+                chip = empty_chip(*valid.shape)
             stitcher.add_chip(self.row, col, chip, valid)  # type: ignore[arg-type]
         timings["stitch"] += time.perf_counter() - tick
 
@@ -430,7 +430,8 @@ def _predict_row(
     compiled loops let go of the GIL), with the same results as one by one. On a GPU each
     batch's chips are handed to the threads at once, to be resolved while the GPU works on
     the next batch; on the CPU, where the model uses every core itself, only once the row's
-    model work is done. Dense (N, H, W) masks are boxed first, so a row of them is small.
+    model work is done. Dense (N, H, W) masks are boxed first, so a row of them is small, and
+    the predictions are brought to the CPU here, so the threads never wait on the GPU.
     """
     with_data = [i for i, (_, _, valid) in enumerate(chips) if valid.any()]
     resolved: dict[int, ResolvedChip | Future[ResolvedChip]] = {}
@@ -454,15 +455,28 @@ def _predict_row(
             predictions = net.predict(images)
         timings["model"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        for prediction in predictions:
-            if not isinstance(prediction.masks, BoxedMasks):
-                prediction.masks = BoxedMasks.from_dense(prediction.masks.detach())
+        waiting.extend(zip(batch, map(_boxed_on_cpu, predictions), strict=True))
         timings["resolve"] += time.perf_counter() - tick
-        waiting.extend(zip(batch, predictions, strict=True))
         if device.type == "cuda":
             hand_over()
     hand_over()
-    return _ChipRow(row, chips, resolved, len(chips) - len(with_data))
+    kept = [(col, valid) for col, _, valid in chips]  # not the images
+    return _ChipRow(row, kept, resolved, len(chips) - len(with_data))
+
+
+def _boxed_on_cpu(prediction: ChipPrediction) -> ChipPrediction:
+    """The prediction's masks boxed (dense ones), and all of it on the CPU."""
+    masks = prediction.masks
+    if not isinstance(masks, BoxedMasks):
+        masks = BoxedMasks.from_dense(masks.detach())
+    return ChipPrediction(
+        masks=BoxedMasks.from_flat(
+            masks.boxes.cpu(), masks.values.detach().cpu(), masks.height, masks.width
+        ),
+        scores=prediction.scores.detach().cpu(),
+        labels=prediction.labels.detach().cpu(),
+        touches_edge=prediction.touches_edge.detach().cpu(),
+    )
 
 
 def _blend_row(

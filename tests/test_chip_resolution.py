@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fieldseg import chip_resolution as cr
 from fieldseg.chip_resolution import resolve_chip
@@ -181,28 +183,151 @@ def test_depths_are_steps_inside_the_mask_to_another_claim() -> None:
     for cap in (1, 2, 3, 6, 12):
         depth = _kernel_depths(prediction.masks, ALL_VALID, cap)
         assert np.array_equal(depth[masks], _reference_depths(masks, cap)[masks])
-    assert depth.max() > 6  # deep enough to test the cap
+    assert depth[masks].max() > 6  # deep enough to test the cap
 
 
 def test_depths_of_masks_wider_than_one_word() -> None:
-    # crops of 130 and 66 columns (3 and 2 words of 64 pixels a row with the ring), fields
-    # meeting across word boundaries; one strip of nodata
+    # crops of 130 and 70 columns (3 and 2 words of 64 pixels a row with the ring), the second
+    # at the chip's right edge, fields meeting across word boundaries; nodata across one
     height, width = 24, 200
     ids = np.zeros((height, width), np.int32)
     ids[2:20, 0:130] = 1
     ids[6:12, 60:70] = 2  # inside field 1, across its first word boundary
-    ids[2:22, 130:196] = 3
+    ids[2:22, 130:200] = 3
     ids[20:24, 0:130] = 4
+    valid = np.ones((height, width), bool)
+    valid[8:24, 61:66] = False
     oracle = OracleFieldModel(noisy=True, seed=0, drop_share=0.0)
     (prediction,) = oracle.predict([torch.from_numpy(ids[None].astype(np.float32))])
-    masks = prediction.dense_masks().numpy() >= 0.5
-    assert (prediction.masks.boxes[:, 2] - prediction.masks.boxes[:, 0]).max() >= 130
+    masks = (prediction.dense_masks().numpy() >= 0.5) & valid
+    boxes = prediction.masks.boxes
+    assert (boxes[:, 2] - boxes[:, 0]).max() >= 130 and (boxes[:, 2] == width).any()
     for cap in (3, 9, 40):
-        depth = _kernel_depths(prediction.masks, np.ones((height, width), bool), cap)
+        depth = _kernel_depths(prediction.masks, valid, cap)
         assert np.array_equal(depth[masks], _reference_depths(masks, cap)[masks])
-    assert depth.max() > 9
-    chip = resolve_chip(prediction, np.ones((height, width), bool), min_pixels=1)
-    assert len(chip) == 4 and np.array_equal(chip.labels, ids)
+    assert depth[masks].max() > 9
+    chip = resolve_chip(prediction, valid, min_pixels=1)
+    labels, probability, _ = _reference_resolve(
+        prediction.dense_masks().numpy(), prediction.scores.numpy(), valid, min_pixels=1
+    )
+    assert len(chip) == 4 and np.array_equal(chip.labels, labels)
+    assert np.array_equal(chip.probability, probability)
+    assert (chip.labels == np.where(valid, ids, 0)).mean() > 0.99  # all but near the nodata
+
+
+def _reference_resolve(
+    masks: np.ndarray,
+    scores: np.ndarray,
+    valid: np.ndarray,
+    *,
+    score_threshold: float = 0.5,
+    min_pixels: int = 4,
+    margin: float = 0.1,
+    duplicate_share: float = 0.8,
+    max_depth: int = 6,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The module docstring's rule on the dense stack, plainly (slow): labels, probability,
+    the kept instances' positions among all."""
+    kept = np.flatnonzero(scores >= score_threshold)
+    masks, scores = masks[kept].astype(np.float32), scores[kept].astype(np.float32)
+    n = len(masks)
+    pmax = np.where(valid, masks.max(axis=0), 0).astype(np.float32) if n else ~valid * 0.0
+    claims = (masks >= 0.5) & valid
+    own = claims.sum(axis=(1, 2))
+    duplicate = np.zeros(n, bool)
+    for a in range(n):
+        for b in range(a + 1, n):
+            common = int((claims[a] & claims[b]).sum())
+            if common > duplicate_share * (own[a] + own[b] - common):
+                duplicate[b if scores[a] >= scores[b] else a] = True
+    claims[duplicate] = False
+    count = claims.sum(axis=0)
+    depth = _reference_depths(claims, max_depth)
+    rank = masks.astype(np.float64) + (cr.SCORE_TIE_WEIGHT * scores)[:, None, None]
+    strongest = np.where(claims, rank, -np.inf).max(axis=0, initial=-np.inf)
+    near = claims & (rank >= strongest - margin)
+    labels = np.zeros(valid.shape, np.int64)
+    best = np.full(valid.shape, -1), np.full(valid.shape, -np.inf)
+    for k in range(n):
+        labels[claims[k] & (count == 1)] = k + 1
+        better = (
+            near[k]
+            & (count > 1)
+            & ((depth[k] > best[0]) | ((depth[k] == best[0]) & (rank[k] > best[1])))
+        )
+        labels[better], best[0][better], best[1][better] = k + 1, depth[k][better], rank[k][better]
+    if (count > 1).any():  # the swallowed take their innermost pixels back
+        held = np.bincount(labels.ravel(), minlength=n + 1)
+        for k in range(n):
+            n_near = int(near[k].sum())
+            if n_near and held[k + 1] < cr.SWALLOWED_SHARE * n_near:
+                deepest = int(depth[k][near[k]].max())
+                labels[near[k] & (depth[k] >= max(deepest - 1, min(deepest, 3)))] = k + 1
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    survivors = np.flatnonzero((area[1:] >= min_pixels) & (area[1:] > 0))
+    number = np.zeros(n + 1, np.int64)
+    number[survivors + 1] = np.arange(1, len(survivors) + 1)
+    out = number[labels]
+    at = np.clip(labels - 1, 0, None)
+    chosen = np.take_along_axis(masks, at[None], axis=0)[0] if n else pmax
+    probability = np.where(out > 0, chosen, np.float32(1) - pmax).astype(np.float32)
+    return out, probability, kept[survivors]
+
+
+@st.composite
+def _chips(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Small chips of overlapping masks: constant, ragged and tied values, twins, nodata."""
+    height = draw(st.integers(4, 18))
+    width = draw(st.sampled_from([height, 70]))  # 70: crops across two words
+    n = draw(st.integers(0, 6))
+    masks = np.zeros((n, height, width), np.float32)
+    level = st.sampled_from([0.0, 0.3, 0.5, 0.55, 0.8, 0.9, 1.0])
+    for i in range(n):
+        y0, x0 = draw(st.integers(0, height - 1)), draw(st.integers(0, width - 1))
+        y1, x1 = draw(st.integers(y0 + 1, height)), draw(st.integers(x0 + 1, width))
+        if i and draw(st.booleans()) and draw(st.booleans()):
+            masks[i] = masks[i - 1]  # detected twice
+            continue
+        seed = draw(st.integers(0, 2**16))
+        ragged = np.random.default_rng(seed).choice([0.0, 0.6, 0.95], (y1 - y0, x1 - x0))
+        masks[i, y0:y1, x0:x1] = ragged if draw(st.booleans()) else draw(level)
+    scores = np.array(draw(st.lists(st.sampled_from([0.4, 0.6, 0.7, 0.9]), min_size=n,
+                                    max_size=n)), np.float32)  # fmt: skip
+    valid = np.ones((height, width), bool)
+    valid[: draw(st.integers(0, height // 2))] = False
+    options = {"min_pixels": draw(st.integers(1, 5)), "max_depth": draw(st.integers(1, 8)),
+               "margin": draw(st.sampled_from([0.0, 0.1, 0.5]))}  # fmt: skip
+    return masks, scores, valid, options
+
+
+@settings(max_examples=150, deadline=None)
+@given(_chips())
+def test_resolution_follows_the_plain_rule(
+    chip: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]],
+) -> None:
+    masks, scores, valid, options = chip
+    labels, probability, kept = _reference_resolve(masks, scores, valid, **options)
+    prediction = ChipPrediction(
+        masks=BoxedMasks.from_dense(torch.from_numpy(masks)),
+        scores=torch.from_numpy(scores),
+        labels=torch.arange(len(scores)) + 1,
+        touches_edge=torch.zeros(len(scores), dtype=torch.bool),
+    )
+    resolved = resolve_chip(prediction, valid, **options)  # type: ignore[arg-type]
+    assert np.array_equal(resolved.labels, labels)
+    assert np.array_equal(resolved.probability, probability)
+    assert np.array_equal(resolved.classes, kept + 1)
+    assert np.array_equal(resolved.scores, scores[kept])
+
+
+def test_nan_in_a_mask_claims_nothing() -> None:
+    field, other = _box(4, 14, 4, 14), _box(4, 14, 14, 24)
+    broken = other.copy()
+    broken[4:14, 8:20] = np.nan  # over both fields
+    chip = resolve_chip(_prediction([field, broken], [0.9, 0.9]), ALL_VALID, min_pixels=1)
+    assert np.array_equal(chip.labels == 1, field > 0)
+    assert np.array_equal(chip.labels == 2, (other > 0) & ~np.isnan(broken))
+    assert not np.isnan(chip.probability).any()
 
 
 def test_dense_stacks_crops_and_flat_masks_resolve_alike() -> None:
