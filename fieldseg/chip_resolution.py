@@ -192,13 +192,13 @@ def _resolve(
     bits_at = np.zeros(n + 1, np.int64)
     for k in range(n):
         i = kept[k]
-        words = (boxes[i, 2] - boxes[i, 0] + 2 + 63) // 64
+        words = _ring_words(boxes[i, 2] - boxes[i, 0])
         bits_at[k + 1] = bits_at[k] + (boxes[i, 3] - boxes[i, 1] + 2) * words
     claim_bits = np.zeros(bits_at[n], np.uint64)
     for k in range(n):
         i = kept[k]
         x0, y0 = boxes[i, 0], boxes[i, 1]
-        words = (boxes[i, 2] - x0 + 2 + 63) // 64
+        words = _ring_words(boxes[i, 2] - x0)
         own_here = 0  # counted here, not in the array: no store to wait on
         at = start[i]
         for y in range(y0, boxes[i, 3]):
@@ -229,15 +229,12 @@ def _resolve(
         duplicate = _duplicates(values, boxes, start, kept, valid, own, scores, width,
                                 duplicate_share)  # fmt: skip
         if duplicate.any():
-            for k in range(n):
-                if duplicate[k]:
-                    alive[k] = False
-                    _uncount(values, boxes, start, kept[k], valid, count, width)
+            alive = ~duplicate
+            _recount(values, boxes, start, kept, alive, valid, scores, width, count, strongest)
             contested = _any_contested(count)
-            _strongest_claims(values, boxes, start, kept, alive, valid, scores, width, strongest)
     # each pixel to its claimant: on contested pixels the deepest near tie, then the most
     # probable, then the first instance
-    planes = _depth_planes(boxes, kept, max_depth)
+    planes = _depth_planes(bits_at, max_depth)
     claimed = _claimed_bitmap(count, height, width)
     labels = np.zeros(n_pixels, np.int32)
     chosen = np.zeros(n_pixels, np.float32)  # the probability of the pixel's instance
@@ -250,7 +247,7 @@ def _resolve(
             continue
         i = kept[k]
         levels = -1  # the mask's depths are found at its first contested claim
-        words = (boxes[i, 2] - boxes[i, 0] + 2 + 63) // 64
+        words = _ring_words(boxes[i, 2] - boxes[i, 0])
         near_here = held_here = 0  # counted here, not in the arrays: no store to wait on
         at = start[i]
         for y in range(boxes[i, 1], boxes[i, 3]):
@@ -273,14 +270,9 @@ def _resolve(
                 if levels < 0:
                     levels = _instance_depths(claim_bits, bits_at[k], claimed, boxes[i], height,
                                               width, max_depth, planes)  # fmt: skip
-                column = x - boxes[i, 0] + 1
-                word = (y - boxes[i, 1] + 1) * words + (column >> 6)
-                bit = np.uint64(column & 63)
-                depth = max_depth  # the first level holding the pixel (see _instance_depths)
-                for level in range(1, levels + 1):
-                    if (planes[level + 1, word] >> bit) & np.uint64(1):
-                        depth = level
-                        break
+                depth = _depth_at(
+                    planes, levels, max_depth, words, x - boxes[i, 0], y - boxes[i, 1]
+                )
                 if depth > best_depth[p] or (depth == best_depth[p] and rank > best_rank[p]):
                     best_depth[p] = depth
                     best_rank[p] = rank
@@ -327,27 +319,7 @@ def _any_contested(count: np.ndarray) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def _uncount(
-    values: np.ndarray,
-    boxes: np.ndarray,
-    start: np.ndarray,
-    i: int,
-    valid: np.ndarray,
-    count: np.ndarray,
-    width: int,
-) -> None:
-    """Take mask ``i``'s claims off the claim counts."""
-    at = start[i]
-    for y in range(boxes[i, 1], boxes[i, 3]):
-        for x in range(boxes[i, 0], boxes[i, 2]):
-            p = y * width + x
-            if values[at] >= MASK_THRESHOLD and valid[p]:
-                count[p] -= 1
-            at += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _strongest_claims(
+def _recount(
     values: np.ndarray,
     boxes: np.ndarray,
     start: np.ndarray,
@@ -356,9 +328,11 @@ def _strongest_claims(
     valid: np.ndarray,
     scores: np.ndarray,
     width: int,
+    count: np.ndarray,
     strongest: np.ndarray,
 ) -> None:
-    """``strongest`` again: the rank of the strongest claim on each pixel, of live instances."""
+    """``count`` and ``strongest`` again, of the live instances' claims (duplicates gone)."""
+    count[:] = 0
     strongest[:] = -np.inf
     for k in range(len(kept)):
         if not alive[k]:
@@ -369,6 +343,7 @@ def _strongest_claims(
             for x in range(boxes[i, 0], boxes[i, 2]):
                 p = y * width + x
                 if values[at] >= MASK_THRESHOLD and valid[p]:
+                    count[p] += 1
                     strongest[p] = max(strongest[p], _rank(values[at], scores[k]))
                 at += 1
 
@@ -432,12 +407,14 @@ def _duplicates(
 
 
 @numba.njit(cache=True, nogil=True)
-def _depth_planes(boxes: np.ndarray, kept: np.ndarray, cap: int) -> np.ndarray:
-    """Bit planes for :func:`_instance_depths`, each as large as the largest ringed crop's."""
+def _depth_planes(bits_at: np.ndarray, cap: int) -> np.ndarray:
+    """Bit planes for :func:`_instance_depths`, as large as the largest crop's claim bits.
+
+    Crop k's claim bits lie at ``bits_at[k]:bits_at[k + 1]``.
+    """
     size = 0
-    for i in kept:
-        words = (boxes[i, 2] - boxes[i, 0] + 2 + 63) // 64
-        size = max(size, (boxes[i, 3] - boxes[i, 1] + 2) * words)
+    for k in range(len(bits_at) - 1):
+        size = max(size, bits_at[k + 1] - bits_at[k])
     return np.zeros((cap + 1, size), np.uint64)
 
 
@@ -472,7 +449,7 @@ def _instance_depths(
         How many levels were found (the deeper planes are stale).
     """
     x0, y0, x1, y1 = box[0], box[1], box[2], box[3]
-    words = (x1 - x0 + 2 + 63) // 64
+    words = _ring_words(x1 - x0)
     rows = y1 - y0 + 2
     chip_words = (width + 63) // 64
     for row in range(rows):
@@ -509,6 +486,28 @@ def _claimed_bitmap(count: np.ndarray, height: int, width: int) -> np.ndarray:
             if count[y * width + x] > 0:
                 claimed[y * chip_words + (x >> 6)] |= np.uint64(1) << np.uint64(x & 63)
     return claimed
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ring_words(crop_width: int) -> int:
+    """64-bit words a row of a crop of ``crop_width`` with its one-pixel ring takes."""
+    return (crop_width + 2 + 63) // 64
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _depth_at(planes: np.ndarray, levels: int, cap: int, words: int, dx: int, dy: int) -> int:
+    """The depth of a mask's claim ``dx, dy`` into its crop.
+
+    That is the first level whose plane holds it (:func:`_instance_depths` found ``levels``),
+    else ``cap``.
+    """
+    column = dx + 1
+    word = (dy + 1) * words + (column >> 6)
+    bit = np.uint64(column & 63)
+    for level in range(1, levels + 1):
+        if (planes[level + 1, word] >> bit) & np.uint64(1):
+            return level
+    return cap
 
 
 @numba.njit(cache=True, nogil=True)
@@ -583,7 +582,7 @@ def _protect_swallowed(
         if not alive[k] or near[k] == 0 or held[k + 1] >= SWALLOWED_SHARE * near[k]:
             continue
         i = kept[k]
-        words = (boxes[i, 2] - boxes[i, 0] + 2 + 63) // 64
+        words = _ring_words(boxes[i, 2] - boxes[i, 0])
         # (a swallowed instance has contested claims: one without keeps all its pixels)
         levels = _instance_depths(claim_bits, bits_at[k], claimed, boxes[i], height, width, cap,
                                   planes)  # fmt: skip
@@ -601,14 +600,7 @@ def _protect_swallowed(
                         continue
                     if count[p] > 1 and _rank(v, scores[k]) < strongest[p] - margin:
                         continue  # not a near tie
-                    column = x - boxes[i, 0] + 1
-                    word = (y - boxes[i, 1] + 1) * words + (column >> 6)
-                    bit = np.uint64(column & 63)
-                    depth = cap  # the first level holding the pixel (see _instance_depths)
-                    for level in range(1, levels + 1):
-                        if (planes[level + 1, word] >> bit) & np.uint64(1):
-                            depth = level
-                            break
+                    depth = _depth_at(planes, levels, cap, words, x - boxes[i, 0], y - boxes[i, 1])
                     if step == 0:
                         deepest = max(deepest, depth)
                     elif depth >= max(deepest - 1, min(deepest, 3)):

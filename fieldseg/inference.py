@@ -469,6 +469,8 @@ def _boxed_on_cpu(prediction: ChipPrediction) -> ChipPrediction:
     masks = prediction.masks
     if not isinstance(masks, BoxedMasks):
         masks = BoxedMasks.from_dense(masks.detach())
+    elif masks.boxes.device.type == "cpu" and prediction.scores.device.type == "cpu":
+        return prediction  # as it is: nothing to move
     return ChipPrediction(
         masks=BoxedMasks.from_flat(
             masks.boxes.cpu(), masks.values.detach().cpu(), masks.height, masks.width

@@ -126,11 +126,11 @@ class OracleFieldModel(FieldModel):
         square = np.ones((2 * reach + 1, 2 * reach + 1), dtype=bool)
         boxes, crops = [], []  # the crops end to end: the flat form the stitcher reads
         values = masks.values.numpy()
-        starts = masks.offsets()[0]
+        starts, sizes = masks.offsets()
         for k, (x0, y0, x1, y1) in enumerate(masks.boxes.tolist(), start=1):
             if not touching[k].any():
                 boxes.append((x0, y0, x1, y1))
-                crops.append(values[starts[k - 1] : starts[k - 1] + (y1 - y0) * (x1 - x0)])
+                crops.append(values[starts[k - 1] : starts[k - 1] + sizes[k - 1]])
                 continue
             x0, y0 = max(0, x0 - reach), max(0, y0 - reach)
             x1, y1 = min(width, x1 + reach), min(height, y1 + reach)

@@ -147,7 +147,8 @@ def _kernel_depths(masks: BoxedMasks, valid: np.ndarray, cap: int) -> np.ndarray
     claims = (masks.dense().numpy() >= 0.5) & valid
     count = claims.sum(axis=0).astype(np.int32).ravel()
     claimed = cr._claimed_bitmap(count, height, width)
-    planes = cr._depth_planes(boxes, np.arange(len(boxes)), cap)
+    sizes = (boxes[:, 3] - boxes[:, 1] + 2) * ((boxes[:, 2] - boxes[:, 0] + 2 + 63) // 64)
+    planes = cr._depth_planes(np.r_[0, np.cumsum(sizes)], cap)
     out = np.full((len(boxes), height, width), cap, np.int64)
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         words = (x1 - x0 + 2 + 63) // 64

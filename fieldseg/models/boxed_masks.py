@@ -219,8 +219,9 @@ class BoxedMasks:
         The crops are gathered at once into the flat form, on the stack's device.
         """
         _, height, width = masks.shape
-        rows = (masks != 0).any(dim=2).cpu().numpy()
-        cols = (masks != 0).any(dim=1).cpu().numpy()
+        nonzero = masks != 0
+        rows = nonzero.any(dim=2).cpu().numpy()
+        cols = nonzero.any(dim=1).cpu().numpy()
         boxes = _nonzero_boxes(rows, cols)
         where = torch.from_numpy(_box_pixels(boxes, height, width)).to(masks.device)
         values = masks.reshape(-1)[where]
